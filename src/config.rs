@@ -1,0 +1,114 @@
+//! The service configuration file (`config/kamiguard.toml`) and its
+//! environment overrides. Every key is optional and has a safe default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+use crate::enrich::GeoConfig;
+use crate::rules::line_column;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Key for hashing raw card codes. Prefer the `KAMIGUARD_CODE_KEY`
+    /// environment variable, which wins over this, so the key stays out of files.
+    #[serde(default)]
+    pub code_key: Option<String>,
+    /// Rule file or directory. Relative paths are relative to this file.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+    /// GeoIP2/GeoLite2 database paths.
+    #[serde(default)]
+    pub geo: GeoConfig,
+    /// Engine limits.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// Environment variables that override the file, by key.
+pub const ENV_OVERRIDES: [(&str, &str); 4] = [
+    ("KAMIGUARD_RULES", "rules"),
+    ("KAMIGUARD_GEO_CITY", "geo.city"),
+    ("KAMIGUARD_GEO_ASN", "geo.asn"),
+    ("KAMIGUARD_GEO_ANONYMOUS", "geo.anonymous"),
+];
+
+impl Config {
+    /// Reads `path`, resolves relative paths against its folder, then applies
+    /// environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.rules, &mut config.geo.city, &mut config.geo.asn, &mut config.geo.anonymous]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.apply_env(|k| std::env::var(k).ok());
+        Ok(config)
+    }
+
+    /// Parses configuration text; errors carry line and column.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })
+    }
+
+    /// Applies `KAMIGUARD_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let [rules, city, asn, anonymous] = ENV_OVERRIDES.map(|(var, _)| get(var).filter(|v| !v.is_empty()).map(PathBuf::from));
+        self.rules = rules.or(self.rules.take());
+        self.geo.city = city.or(self.geo.city.take());
+        self.geo.asn = asn.or(self.geo.asn.take());
+        self.geo.anonymous = anonymous.or(self.geo.anonymous.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_reported_with_position() {
+        let err = Config::parse(Path::new("k.toml"), "rules = \"r\"\n[engine]\nmax_kyes = 5\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("k.toml:3:1: unknown field `max_kyes`"), "{text}");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let mut c = Config::parse(Path::new("k.toml"), "rules = \"a\"\n").unwrap();
+        c.apply_env(|k| (k == "KAMIGUARD_RULES").then(|| "b".to_string()));
+        assert_eq!(c.rules, Some(PathBuf::from("b")));
+    }
+}

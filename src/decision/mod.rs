@@ -1,0 +1,160 @@
+//! Step 6 of the flow: decisions (CONTRACT section 2). Deterministic ids, the
+//! book of active decisions that stops republishing, and expiry.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::rules::{Action, KeyName, Mode};
+use crate::state::{key_of, KeyedStore, LastSeen, StateBudget};
+
+/// One decision, serialized in the contract's field order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub decision_id: String,
+    /// Processing time; stamped by the sink that publishes or writes it.
+    pub decided_at: String,
+    pub event_ts: String,
+    pub action: Action,
+    pub scope: KeyName,
+    pub subject: String,
+    pub until: Option<String>,
+    pub rule: Arc<str>,
+    pub rule_version: Arc<str>,
+    pub mode: Mode,
+    pub score: u8,
+    pub reason: String,
+    pub evidence: Value,
+    pub trigger_event_id: String,
+    pub sample_event_ids: Vec<String>,
+}
+
+impl Decision {
+    /// The message key: `<scope>:<subject>`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.scope.as_str(), self.subject)
+    }
+
+    /// Sets `decided_at` to `now` (RFC 3339, UTC).
+    pub fn stamp(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        self.decided_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    }
+}
+
+/// The id of an episode: the same rule, version, subject and trigger always
+/// give the same id, so a replayed or redelivered decision is recognisable.
+pub fn decision_id(rule: &str, version: &str, scope: KeyName, subject: &str, trigger_ts_ms: i64, trigger_event_id: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [rule, version, scope.as_str(), subject, &trigger_ts_ms.to_string(), trigger_event_id] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The strongest active decision on one subject.
+#[derive(Debug, Clone)]
+pub struct Active {
+    pub action: Action,
+    /// `i64::MAX`: until released.
+    pub until_ms: i64,
+    pub rule: Arc<str>,
+}
+
+impl LastSeen for Active {
+    fn last_seen_ms(&self) -> i64 {
+        self.until_ms
+    }
+}
+
+/// Active decisions per (scope, subject, mode). Shadow decisions are booked
+/// apart so a shadow rule never silences an enforced one.
+#[derive(Debug)]
+pub struct DecisionBook {
+    active: KeyedStore<Active>,
+}
+
+impl DecisionBook {
+    pub fn new(budget: Arc<StateBudget>) -> DecisionBook {
+        DecisionBook {
+            active: KeyedStore::new(budget),
+        }
+    }
+
+    fn key(scope: KeyName, subject: &str, mode: Mode) -> u64 {
+        key_of(&(scope, subject, mode))
+    }
+
+    /// Whether a candidate from `rule` should publish at event time `now_ms`;
+    /// if so it is booked. While a decision is active the same rule does not
+    /// publish again; a stronger action, or the same action lasting longer
+    /// from another rule, does.
+    pub fn admit(&self, scope: KeyName, subject: &str, mode: Mode, rule: &Arc<str>, action: Action, until_ms: i64, now_ms: i64) -> bool {
+        let fresh = || Active {
+            action,
+            until_ms,
+            rule: rule.clone(),
+        };
+        let verdict = self.active.with(Self::key(scope, subject, mode), || Active { until_ms: i64::MIN, ..fresh() }, |a| {
+            let publish = a.until_ms <= now_ms
+                || action.strength() > a.action.strength()
+                || (action.strength() == a.action.strength() && until_ms > a.until_ms && a.rule != *rule);
+            if publish {
+                *a = fresh();
+            }
+            publish
+        });
+        // At the key cap the book cannot remember; publishing again later is
+        // the safe side (the same id comes back for the same trigger).
+        verdict.unwrap_or(true)
+    }
+
+    /// Lifts the decision on a subject (an admin release).
+    pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) {
+        self.active.with(Self::key(scope, subject, mode), || Active { action: Action::Release, until_ms: now_ms, rule: "".into() }, |a| {
+            a.until_ms = now_ms;
+        });
+    }
+
+    /// Drops decisions that have lapsed by `now_ms`.
+    pub fn expire(&self, now_ms: i64) -> usize {
+        self.active.evict_idle(now_ms)
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let a = decision_id("r", "v", KeyName::Ip, "1.2.3.4", 10, "e1");
+        assert_eq!(a, decision_id("r", "v", KeyName::Ip, "1.2.3.4", 10, "e1"));
+        assert_ne!(a, decision_id("r", "v", KeyName::Ip, "1.2.3.4", 11, "e1"));
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn active_decision_is_not_republished_but_escalation_is() {
+        let book = DecisionBook::new(StateBudget::new(100));
+        let r1: Arc<str> = "r1".into();
+        let r2: Arc<str> = "r2".into();
+        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 1000, 0));
+        assert!(!book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 2000, 10), "same rule while active");
+        assert!(!book.admit(KeyName::Account, "u", Mode::Enforce, &r2, Action::Review, 5000, 10), "weaker action");
+        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r2, Action::Challenge, 5000, 10), "same action, later until");
+        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Freeze, 3000, 20), "stronger action");
+        assert!(book.admit(KeyName::Account, "u", Mode::Shadow, &r1, Action::Challenge, 3000, 20), "shadow is booked apart");
+        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 9000, 3000), "lapsed");
+    }
+}

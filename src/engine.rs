@@ -1,0 +1,583 @@
+//! Steps 2 to 6 joined: one validated attempt in, zero or more decisions out.
+//!
+//! The engine is pure in the sense the pipeline needs: it reads no clock, does
+//! no I/O, and given the same events in the same order produces the same
+//! decisions. Its state sits in `DashMap`s, so `process` takes `&self` and
+//! partitions may share one engine.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::decision::{decision_id, Decision, DecisionBook};
+use crate::enrich::{distance_km, GeoDatabases, GeoNeeds};
+use crate::event::{format_ts, Event, Kind, Outcome};
+use crate::rules::filter::{human_secs, yuan};
+use crate::rules::{CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
+use crate::state::{
+    key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen, Place,
+    SeenEvents, SlidingSum, StateBudget,
+};
+
+/// Most sample event ids a decision carries.
+pub const MAX_SAMPLES: usize = 10;
+
+/// Engine limits. Every field has a safe default.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Most keys all state together may hold (windows, quotas, account and
+    /// card memory, active decisions). At the cap new keys are not tracked and
+    /// `cap_hits` counts them.
+    pub max_keys: usize,
+    /// How late (event time) an attempt may arrive and still be counted in
+    /// its own window; also how long idle keys are kept past their window.
+    pub lateness_secs: u64,
+    /// How long an event id is remembered to drop redeliveries.
+    pub dedup_window_secs: u64,
+    /// Most event ids remembered per dedup generation.
+    pub dedup_max_ids: usize,
+    /// How long account and card memory is kept without activity.
+    pub memory_ttl_secs: u64,
+    /// How often (event time) idle keys are swept out.
+    pub sweep_every_secs: u64,
+    /// Prefix length for `ip_prefix` keys on IPv4 addresses.
+    pub ipv4_prefix_len: u8,
+    /// Prefix length for `ip_prefix` keys on IPv6 addresses.
+    pub ipv6_prefix_len: u8,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_keys: 4_000_000,
+            lateness_secs: 30,
+            dedup_window_secs: 600,
+            dedup_max_ids: 2_000_000,
+            memory_ttl_secs: 30 * 86_400,
+            sweep_every_secs: 60,
+            ipv4_prefix_len: 24,
+            ipv6_prefix_len: 48,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the rules need geo databases that are not open: {0:?}")]
+    MissingGeo(GeoNeeds),
+    #[error("invalid engine setting: {0}")]
+    Config(String),
+}
+
+/// What happened to one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Processed,
+    /// Same `event_id` seen within the dedup window: not counted again.
+    Duplicate,
+}
+
+/// Per-key state of a threshold rule.
+#[derive(Debug, Clone, Default)]
+struct WindowKey {
+    sum: SlidingSum,
+    distinct: DistinctWindow,
+    samples: VecDeque<Box<str>>,
+    last_ms: i64,
+}
+
+impl LastSeen for WindowKey {
+    fn last_seen_ms(&self) -> i64 {
+        self.last_ms
+    }
+}
+
+enum RuleState {
+    Windows(KeyedStore<WindowKey>),
+    Quota(KeyedQuota),
+    Stateless,
+}
+
+/// Counters the engine keeps for the summary and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub processed: u64,
+    pub duplicates: u64,
+    pub decisions: u64,
+    pub state: BudgetStats,
+}
+
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    states: Vec<RuleState>,
+    geo: Arc<GeoDatabases>,
+    accounts: KeyedStore<AccountMemory>,
+    cards: KeyedStore<CardMemory>,
+    book: DecisionBook,
+    seen: Mutex<SeenEvents>,
+    clock: EventClock,
+    budget: Arc<StateBudget>,
+    next_sweep_ms: AtomicI64,
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    decisions: AtomicU64,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("rules", &self.rules.version).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Key hashes of one attempt, computed once and shared by every rule.
+struct Keys {
+    card: u64,
+    account: u64,
+    device: Option<u64>,
+    ip: Option<u64>,
+    ip_prefix: Option<(u64, IpNet)>,
+    asn: Option<u64>,
+}
+
+impl Keys {
+    fn get(&self, k: KeyName) -> Option<u64> {
+        match k {
+            KeyName::Card => Some(self.card),
+            KeyName::Account => Some(self.account),
+            KeyName::Device => self.device,
+            KeyName::Ip => self.ip,
+            KeyName::IpPrefix => self.ip_prefix.map(|(h, _)| h),
+            KeyName::Asn => self.asn,
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>, geo: Arc<GeoDatabases>, config: EngineConfig) -> Result<Engine, EngineError> {
+        let have = geo.available();
+        let need = rules.geo_needs;
+        if (need.city && !have.city) || (need.asn && !have.asn) || (need.anonymous && !have.anonymous) {
+            return Err(EngineError::MissingGeo(need));
+        }
+        if config.ipv4_prefix_len > 32 || config.ipv6_prefix_len > 128 {
+            return Err(EngineError::Config("ipv4_prefix_len must be 0..=32 and ipv6_prefix_len 0..=128".into()));
+        }
+        let budget = StateBudget::new(config.max_keys);
+        let clock = EventClock::default();
+        let states = rules.rules.iter().map(|r| new_state(r, &clock, &budget)).collect();
+        Ok(Engine {
+            states,
+            geo,
+            accounts: KeyedStore::new(budget.clone()),
+            cards: KeyedStore::new(budget.clone()),
+            book: DecisionBook::new(budget.clone()),
+            seen: Mutex::new(SeenEvents::new(
+                config.dedup_window_secs.max(config.lateness_secs) as i64 * 1000,
+                config.dedup_max_ids,
+            )),
+            clock,
+            budget,
+            next_sweep_ms: AtomicI64::new(i64::MIN),
+            processed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            decisions: AtomicU64::new(0),
+            rules,
+            config,
+        })
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            processed: self.processed.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            decisions: self.decisions.load(Ordering::Relaxed),
+            state: self.budget.stats(),
+        }
+    }
+
+    /// Runs one attempt through every rule, appending published decisions to
+    /// `out` (with `decided_at` empty: the sink stamps it).
+    pub fn process(&self, e: &Event, out: &mut Vec<Decision>) -> Verdict {
+        let id_key = key_of(e.event_id.as_ref());
+        let first = {
+            // A std Mutex: nothing awaits while it is held, and it is held for one insert.
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.first_time(id_key, e.ts_ms)
+        };
+        if !first {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Duplicate;
+        }
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        self.clock.advance_to(e.ts_ms);
+        self.maybe_sweep();
+
+        let rules = &self.rules;
+        let geo = match e.ip {
+            Some(ip) if rules.geo_needs.any() => self.geo.lookup(ip, rules.geo_needs),
+            _ => Default::default(),
+        };
+        let keys = self.keys(e, geo.asn);
+        let memory = if rules.needs_account_memory {
+            self.accounts.read(keys.account, Clone::clone)
+        } else {
+            None
+        };
+        let facts = self.facts(e, &keys, geo, memory.as_ref());
+
+        let before = out.len();
+        for (rule, state) in rules.rules.iter().zip(&self.states) {
+            if !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys) {
+                continue;
+            }
+            if let Some(d) = self.evaluate(rule, state, e, &keys, &facts) {
+                out.push(d);
+            }
+        }
+        self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+        self.remember(e, &keys, &facts);
+        Verdict::Processed
+    }
+
+    fn keys(&self, e: &Event, asn: Option<u32>) -> Keys {
+        let ip_prefix = e.ip.map(|ip| {
+            let len = match ip {
+                IpAddr::V4(_) => self.config.ipv4_prefix_len,
+                IpAddr::V6(_) => self.config.ipv6_prefix_len,
+            };
+            let net = IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip));
+            (key_of(&net), net)
+        });
+        Keys {
+            card: key_of(e.card.code_hash.as_ref()),
+            account: key_of(e.account.id.as_ref()),
+            device: e.device.fingerprint.as_deref().map(key_of),
+            ip: e.ip.map(|ip| key_of(&ip)),
+            ip_prefix,
+            asn: asn.map(|a| key_of(&a)),
+        }
+    }
+
+    fn facts(&self, e: &Event, keys: &Keys, geo: crate::enrich::GeoFacts, memory: Option<&AccountMemory>) -> Facts {
+        let mut facts = Facts {
+            geo,
+            account_age_ms: e.account.created_at_ms.map(|c| e.ts_ms - c),
+            ..Facts::default()
+        };
+        if let Some(m) = memory {
+            if let Some(device) = keys.device {
+                facts.new_device = Some(m.has_history() && !m.knows_device(device));
+            }
+            if let (Some(here), Some(last)) = (geo.location, m.last_place) {
+                let d = distance_km((last.lat as f64, last.lon as f64), here);
+                facts.distance_km = Some(d);
+                // Under a minute apart counts as a minute: clocks and batching
+                // jitter, and zero would make any distance infinitely fast.
+                let hours = ((e.ts_ms - last.ts_ms).max(60_000)) as f64 / 3_600_000.0;
+                facts.speed_kmh = Some(d / hours);
+            }
+        } else if self.rules.needs_account_memory && keys.device.is_some() {
+            // An account with no successes yet has no device of its own to differ from.
+            facts.new_device = Some(false);
+        }
+        facts.bound_to_other_account = match e.card.bound_account.as_deref() {
+            Some(bound) => bound != e.account.id.as_ref(),
+            None if self.rules.needs_card_memory => self
+                .cards
+                .read(keys.card, |c| c.bound_account != keys.account)
+                .unwrap_or(false),
+            None => false,
+        };
+        facts
+    }
+
+    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys) -> bool {
+        let allow = &rule.allow;
+        !allow.is_empty()
+            && (allow.accounts.contains(&keys.account)
+                || keys.device.is_some_and(|d| allow.devices.contains(&d))
+                || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
+    }
+
+    fn evaluate(&self, rule: &CompiledRule, state: &RuleState, e: &Event, keys: &Keys, facts: &Facts) -> Option<Decision> {
+        match (&rule.kind, state) {
+            (
+                CompiledKind::Threshold {
+                    group_by,
+                    aggregate,
+                    window_ms,
+                    bucket_ms,
+                    threshold,
+                },
+                RuleState::Windows(store),
+            ) => {
+                let key = keys.get(*group_by)?;
+                let (amount, distinct) = match aggregate {
+                    CompiledAggregate::Count => (1, None),
+                    CompiledAggregate::SumFaceValue => (e.card.face_value_fen?, None),
+                    CompiledAggregate::Distinct(of) => (0, Some(keys.get(*of)?)),
+                };
+                let bucket = e.ts_ms.div_euclid(*bucket_ms);
+                let cap = (*threshold).min(10_000) as usize;
+                let (value, samples) = store.with(key, WindowKey::default, |w| {
+                    w.last_ms = w.last_ms.max(e.ts_ms);
+                    let value = match distinct {
+                        Some(v) => w.distinct.add(v, e.ts_ms, *window_ms, cap),
+                        None => w.sum.add(bucket, amount),
+                    };
+                    let samples = (value >= *threshold).then(|| w.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+                    if w.samples.len() == MAX_SAMPLES {
+                        w.samples.pop_front();
+                    }
+                    w.samples.push_back(e.event_id.clone());
+                    (value, samples)
+                })?;
+                let samples = samples?;
+                let group_subject = subject(*group_by, e, keys, facts)?;
+                let (shown, limit) = match aggregate {
+                    CompiledAggregate::SumFaceValue => (yuan(value), yuan(*threshold)),
+                    _ => (value.to_string(), threshold.to_string()),
+                };
+                let reason = format!(
+                    "{shown} {} {} {} {group_subject} in {} (threshold {limit})",
+                    rule.noun,
+                    preposition(*group_by),
+                    group_by.as_str().replace('_', " "),
+                    human_secs(window_ms / 1000)
+                );
+                let evidence = json!({
+                    "aggregate": match aggregate {
+                        CompiledAggregate::Count => "count".to_string(),
+                        CompiledAggregate::SumFaceValue => "sum_face_value".to_string(),
+                        CompiledAggregate::Distinct(of) => format!("distinct {}", of.as_str()),
+                    },
+                    "value": value,
+                    "threshold": threshold,
+                    "window_secs": window_ms / 1000,
+                    "group_by": group_by.as_str(),
+                    "key": group_subject,
+                });
+                self.decide(rule, e, keys, facts, reason, evidence, samples)
+            }
+            (
+                CompiledKind::Quota {
+                    group_by,
+                    limit,
+                    period_secs,
+                    burst,
+                },
+                RuleState::Quota(quota),
+            ) => {
+                let key = keys.get(*group_by)?;
+                if quota.check(key) {
+                    return None;
+                }
+                let group_subject = subject(*group_by, e, keys, facts)?;
+                let reason = format!(
+                    "{} {group_subject} is over its quota of {limit} {} per {} (burst {burst})",
+                    group_by.as_str().replace('_', " "),
+                    rule.noun,
+                    human_secs(*period_secs as i64)
+                );
+                let evidence = json!({
+                    "limit": limit.get(),
+                    "period_secs": period_secs,
+                    "burst": burst.get(),
+                    "group_by": group_by.as_str(),
+                    "key": group_subject,
+                });
+                self.decide(rule, e, keys, facts, reason, evidence, Vec::new())
+            }
+            (CompiledKind::Match, _) => {
+                let (said, evidence) = rule.filter.explain(e, facts);
+                let what = match e.kind {
+                    Kind::Activation => "activation",
+                    Kind::Redemption => "redemption",
+                };
+                let mut reason = format!("{what} by account {}", e.account.id);
+                if !said.is_empty() {
+                    reason.push_str(": ");
+                    reason.push_str(&said.join(", "));
+                }
+                self.decide(rule, e, keys, facts, reason, Value::Object(evidence), Vec::new())
+            }
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        rule: &CompiledRule,
+        e: &Event,
+        keys: &Keys,
+        facts: &Facts,
+        reason: String,
+        mut evidence: Value,
+        samples: Vec<String>,
+    ) -> Option<Decision> {
+        let subject = subject(rule.scope, e, keys, facts)?;
+        let until_ms = rule.duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
+        if !self.book.admit(rule.scope, &subject, rule.mode, &rule.id, rule.action, until_ms, e.ts_ms) {
+            return None;
+        }
+        if let Value::Object(map) = &mut evidence {
+            map.insert("outcome".into(), json!(outcome_name(e.outcome)));
+        }
+        Some(Decision {
+            decision_id: decision_id(&rule.id, &rule.version, rule.scope, &subject, e.ts_ms, &e.event_id),
+            decided_at: String::new(),
+            event_ts: format_ts(e.ts_ms),
+            action: rule.action,
+            scope: rule.scope,
+            subject,
+            until: rule.duration_ms.map(|_| format_ts(until_ms)),
+            rule: rule.id.clone(),
+            rule_version: rule.version.clone(),
+            mode: rule.mode,
+            score: rule.score,
+            reason,
+            evidence,
+            trigger_event_id: e.event_id.to_string(),
+            sample_event_ids: samples,
+        })
+    }
+
+    /// Updates account and card memory after the rules have seen the attempt,
+    /// so an attempt is judged against what was known before it.
+    fn remember(&self, e: &Event, keys: &Keys, facts: &Facts) {
+        if e.outcome != Outcome::Success {
+            return;
+        }
+        if self.rules.needs_account_memory {
+            let place = facts.geo.location.map(|(lat, lon)| Place {
+                lat: lat as f32,
+                lon: lon as f32,
+                country: facts.geo.country,
+                ts_ms: e.ts_ms,
+            });
+            self.accounts.with(keys.account, AccountMemory::default, |m| {
+                m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
+                if let Some(d) = keys.device {
+                    m.learn_device(d);
+                }
+                if let Some(p) = place {
+                    if m.last_place.is_none_or(|old| old.ts_ms <= p.ts_ms) {
+                        m.last_place = Some(p);
+                    }
+                }
+            });
+        }
+        if self.rules.needs_card_memory && e.kind == Kind::Activation {
+            let bound = match e.card.bound_account.as_deref() {
+                Some(b) => key_of(b),
+                None => keys.account,
+            };
+            self.cards.with(
+                keys.card,
+                || CardMemory {
+                    bound_account: bound,
+                    last_seen_ms: e.ts_ms,
+                },
+                |c| c.last_seen_ms = c.last_seen_ms.max(e.ts_ms),
+            );
+        }
+    }
+
+    /// Drops idle keys once per `sweep_every_secs` of event time.
+    fn maybe_sweep(&self) {
+        let now = self.clock.now_ms();
+        let next = self.next_sweep_ms.load(Ordering::Acquire);
+        if next == i64::MIN {
+            self.next_sweep_ms.store(now + self.config.sweep_every_secs as i64 * 1000, Ordering::Release);
+            return;
+        }
+        if now < next
+            || self
+                .next_sweep_ms
+                .compare_exchange(next, now + self.config.sweep_every_secs as i64 * 1000, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        self.sweep(now);
+    }
+
+    /// Evicts everything that can no longer change a decision at event time `now`.
+    pub fn sweep(&self, now: i64) -> usize {
+        let lateness = self.config.lateness_secs as i64 * 1000;
+        let mut evicted = 0;
+        for (rule, state) in self.rules.rules.iter().zip(&self.states) {
+            evicted += match (state, &rule.kind) {
+                (RuleState::Windows(store), CompiledKind::Threshold { window_ms, .. }) => store.evict_idle(now - window_ms - lateness),
+                (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
+                _ => 0,
+            };
+        }
+        let ttl = self.config.memory_ttl_secs as i64 * 1000;
+        evicted += self.accounts.evict_idle(now - ttl);
+        evicted += self.cards.evict_idle(now - ttl);
+        evicted += self.book.expire(now);
+        evicted
+    }
+
+    /// Latest event time seen, ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>) -> RuleState {
+    match rule.kind {
+        CompiledKind::Threshold { .. } => RuleState::Windows(KeyedStore::new(budget.clone())),
+        CompiledKind::Quota {
+            limit, period_secs, burst, ..
+        } => RuleState::Quota(KeyedQuota::new(limit, period_secs, burst, clock.clone(), budget.clone())),
+        CompiledKind::Match => RuleState::Stateless,
+    }
+}
+
+fn preposition(k: KeyName) -> &'static str {
+    match k {
+        KeyName::Account => "by",
+        KeyName::Card => "on",
+        _ => "from",
+    }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::InvalidCode => "invalid_code",
+        Outcome::WrongPin => "wrong_pin",
+        Outcome::Expired => "expired",
+        Outcome::AlreadyUsed => "already_used",
+        Outcome::Frozen => "frozen",
+        Outcome::Blocked => "blocked",
+        Outcome::Error => "error",
+    }
+}
+
+/// The subject string for a scope, from the attempt. Never a raw card code:
+/// the card subject is its hash.
+fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> Option<String> {
+    Some(match scope {
+        KeyName::Card => e.card.code_hash.to_string(),
+        KeyName::Account => e.account.id.to_string(),
+        KeyName::Device => e.device.fingerprint.as_deref()?.to_string(),
+        KeyName::Ip => e.ip?.to_string(),
+        KeyName::IpPrefix => keys.ip_prefix?.1.to_string(),
+        KeyName::Asn => facts.geo.asn?.to_string(),
+    })
+}

@@ -1,0 +1,242 @@
+//! The `kamiguard` command line. The only place `anyhow` is used.
+
+use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use kamiguard::config::Config;
+use kamiguard::engine::Engine;
+use kamiguard::enrich::{GeoDatabases, GeoNeeds};
+use kamiguard::event::CodeHasher;
+use kamiguard::pipeline::replay::{read_events, run_events, ReplaySummary};
+use kamiguard::rules::{load_rules, RuleSet};
+use kamiguard::scenario::{run_scenario, scenario_dirs};
+
+/// The shipped rule pack, used when neither --rules nor the config names one.
+const DEFAULT_RULES: &str = "config/rules";
+
+#[derive(Parser)]
+#[command(name = "kamiguard", version, about = "Real-time abuse detection for gift-card codes.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay attempt events (JSON lines) through the engine and print the decisions.
+    Replay {
+        /// Attempt events, one JSON object per line.
+        events: PathBuf,
+        /// Write decisions here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check rule files; print every error as file:line:column and exit non-zero if any.
+    CheckRules {
+        /// A rule file or a directory of them.
+        path: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
+    TestRules {
+        /// A scenario folder, or a folder of them.
+        dir: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Rule file or directory (default: the config's `rules`, else config/rules).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Service configuration file (geo databases, engine limits, code key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// GeoIP2/GeoLite2 City database.
+    #[arg(long)]
+    city: Option<PathBuf>,
+    /// GeoLite2 ASN database.
+    #[arg(long)]
+    asn: Option<PathBuf>,
+    /// GeoIP2 Anonymous-IP database.
+    #[arg(long)]
+    anonymous: Option<PathBuf>,
+}
+
+impl Common {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => {
+                let mut c = Config::default();
+                c.apply_env(|k| std::env::var(k).ok());
+                c
+            }
+        };
+        if self.city.is_some() {
+            config.geo.city = self.city.clone();
+        }
+        if self.asn.is_some() {
+            config.geo.asn = self.asn.clone();
+        }
+        if self.anonymous.is_some() {
+            config.geo.anonymous = self.anonymous.clone();
+        }
+        if self.rules.is_some() {
+            config.rules = self.rules.clone();
+        }
+        Ok(config)
+    }
+
+    fn geo_given(&self) -> bool {
+        self.config.is_some() || self.city.is_some() || self.asn.is_some() || self.anonymous.is_some()
+    }
+}
+
+fn rules_path(config: &Config) -> PathBuf {
+    config.rules.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RULES))
+}
+
+fn load(path: &Path, available: GeoNeeds) -> anyhow::Result<Arc<RuleSet>> {
+    match load_rules(path, available) {
+        Ok(set) => Ok(Arc::new(set)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            bail!("{} error(s) in the rules; nothing was run", errors.0.len())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kamiguard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Replay { events, out, common } => replay(&events, out.as_deref(), &common),
+        Command::CheckRules { path, common } => check_rules(&path, &common),
+        Command::TestRules { dir, common } => test_rules(&dir, &common),
+    }
+}
+
+fn replay(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<ExitCode> {
+    let config = common.config()?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let rules = load(&rules_path(&config), geo.available())?;
+    let engine = Engine::new(rules, geo, config.engine.clone())?;
+    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+
+    let file = std::fs::File::open(events).with_context(|| format!("cannot open {}", events.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} reading {bytes}/{total_bytes} {wide_bar} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut summary = ReplaySummary::default();
+    let parsed = read_events(BufReader::with_capacity(1 << 20, file), &hasher, &mut summary, progress.as_ref())
+        .with_context(|| format!("cannot read {}", events.display()))?;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let sink: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = BufWriter::with_capacity(1 << 16, sink);
+    run_events(&parsed, &engine, &mut sink, &mut summary, chrono::Utc::now).context("cannot write decisions")?;
+    eprint!("{}", summary.render());
+    let stats = engine.stats();
+    if stats.state.cap_hits > 0 {
+        eprintln!(
+            "warning: the state key cap ({}) was reached {} times; raise engine.max_keys",
+            stats.state.cap, stats.state.cap_hits
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
+    // Without a config or geo flags, check the rules alone and assume every
+    // database will be there; with them, also check that the needed ones are.
+    let available = if common.geo_given() {
+        GeoDatabases::open(&common.config()?.geo)?.available()
+    } else {
+        GeoNeeds {
+            city: true,
+            asn: true,
+            anonymous: true,
+        }
+    };
+    match load_rules(path, available) {
+        Ok(set) => {
+            for r in &set.rules {
+                println!("{:<32} {:<10} {:<9} {}", r.id, r.action.as_str(), r.mode.as_str(), r.version);
+            }
+            for id in &set.disabled {
+                println!("{id:<32} (disabled)");
+            }
+            println!("{} rules ok, rule set version {}", set.rules.len(), set.version);
+            if !common.geo_given() {
+                println!("note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            println!("{errors}");
+            eprintln!("{} error(s)", errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn test_rules(dir: &Path, common: &Common) -> anyhow::Result<ExitCode> {
+    let config = common.config()?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+    let default_rules = match (&config.rules, Path::new(DEFAULT_RULES).exists()) {
+        (Some(p), _) => Some(load(p, geo.available())?),
+        (None, true) => Some(load(Path::new(DEFAULT_RULES), geo.available())?),
+        (None, false) => None,
+    };
+    let dirs = scenario_dirs(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    if dirs.is_empty() {
+        bail!("no scenario folders (with events.jsonl) under {}", dir.display());
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for d in &dirs {
+        let report = run_scenario(d, default_rules.as_ref(), &geo, &config.engine, &hasher);
+        print!("{}", report.render());
+        if report.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,434 @@
+//! `RuleSpec` → `CompiledRule`: every check that can be made before the first
+//! event is made here, and every failure is pointed at its file position.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use super::filter::{mask, Filter, CARD_TYPES, CHANNELS, KINDS, OUTCOMES, PLATFORMS};
+use super::load::Located;
+use super::spec::{Action, Aggregate, FilterSpec, KeyName, Mode, RuleKind, RuleSpec};
+use crate::enrich::{GeoNeeds, NetworkFlags};
+use crate::event::Country;
+use crate::state::key_of;
+
+/// Longest window a rule may have: a week.
+pub const MAX_WINDOW_SECS: u64 = 7 * 86_400;
+
+/// A rule ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub id: Arc<str>,
+    /// First 12 hex digits of SHA-256 over the rule's definition as loaded.
+    pub version: Arc<str>,
+    pub description: String,
+    pub kind: CompiledKind,
+    pub filter: Filter,
+    pub action: Action,
+    pub scope: KeyName,
+    /// `None`: until released.
+    pub duration_ms: Option<i64>,
+    pub score: u8,
+    pub mode: Mode,
+    pub noun: String,
+    pub allow: Allow,
+    pub geo_needs: GeoNeeds,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompiledKind {
+    Threshold {
+        group_by: KeyName,
+        aggregate: CompiledAggregate,
+        window_ms: i64,
+        bucket_ms: i64,
+        threshold: u64,
+    },
+    Quota {
+        group_by: KeyName,
+        limit: NonZeroU32,
+        period_secs: u64,
+        burst: NonZeroU32,
+    },
+    Match,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompiledAggregate {
+    Count,
+    Distinct(KeyName),
+    SumFaceValue,
+}
+
+/// Allowlists, as key hashes and networks.
+#[derive(Debug, Clone, Default)]
+pub struct Allow {
+    pub accounts: HashSet<u64>,
+    pub devices: HashSet<u64>,
+    pub cidrs: Vec<IpNet>,
+}
+
+impl Allow {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.devices.is_empty() && self.cidrs.is_empty()
+    }
+}
+
+impl CompiledRule {
+    pub fn group_by(&self) -> Option<KeyName> {
+        match self.kind {
+            CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => Some(group_by),
+            CompiledKind::Match => None,
+        }
+    }
+
+    fn key_needs(&self) -> GeoNeeds {
+        let mut keys = vec![self.scope];
+        keys.extend(self.group_by());
+        if let CompiledKind::Threshold {
+            aggregate: CompiledAggregate::Distinct(k),
+            ..
+        } = self.kind
+        {
+            keys.push(k);
+        }
+        GeoNeeds {
+            asn: keys.contains(&KeyName::Asn),
+            ..GeoNeeds::default()
+        }
+    }
+}
+
+fn rule_version(spec: &RuleSpec) -> Arc<str> {
+    // Spanned serializes as its value, so the version ignores where the rule
+    // sits in its file: moving a rule does not reset its windows.
+    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    hex::encode(&Sha256::digest(&canonical)[..6]).into()
+}
+
+/// Compiles one rule; on failure the errors are in `errs` and `None` returns.
+pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNeeds, errs: &mut Located) -> Option<CompiledRule> {
+    let before = errs.len();
+    let id = spec.id.get_ref();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        errs.at(&spec.id, "rule id must be 1 to 64 letters, digits, `-` or `_`".into());
+    }
+    let kind = *spec.kind.get_ref();
+    let filter = compile_filter(&spec.filter, errs);
+
+    // Fields that belong to other kinds are mistakes, not silently ignored.
+    let threshold_only: [(&str, Option<usize>); 4] = [
+        ("aggregate", spec.aggregate.as_ref().map(|s| s.span().start)),
+        ("distinct_of", spec.distinct_of.as_ref().map(|s| s.span().start)),
+        ("window_secs", spec.window_secs.as_ref().map(|s| s.span().start)),
+        ("threshold", spec.threshold.as_ref().map(|s| s.span().start)),
+    ];
+    let quota_only: [(&str, Option<usize>); 3] = [
+        ("limit", spec.limit.as_ref().map(|s| s.span().start)),
+        ("period_secs", spec.period_secs.as_ref().map(|s| s.span().start)),
+        ("burst", spec.burst.as_ref().map(|s| s.span().start)),
+    ];
+    let kind_name = match kind {
+        RuleKind::Threshold => "threshold",
+        RuleKind::Quota => "quota",
+        RuleKind::Match => "match",
+    };
+    let mut misplaced = |fields: &[(&str, Option<usize>)]| {
+        for (name, at) in fields {
+            if let Some(at) = at {
+                errs.at_offset(*at, format!("`{name}` has no meaning for a {kind_name} rule"));
+            }
+        }
+    };
+    if kind != RuleKind::Threshold {
+        misplaced(&threshold_only);
+    }
+    if kind != RuleKind::Quota {
+        misplaced(&quota_only);
+    }
+    if kind == RuleKind::Match {
+        if let Some(g) = &spec.group_by {
+            errs.at(g, "`group_by` has no meaning for a match rule".into());
+        }
+    }
+
+    let need_group_by = |errs: &mut Located| -> Option<KeyName> {
+        match &spec.group_by {
+            Some(g) => Some(*g.get_ref()),
+            None => {
+                errs.at(&spec.kind, format!("a {kind_name} rule needs `group_by`"));
+                None
+            }
+        }
+    };
+
+    let compiled_kind = match kind {
+        RuleKind::Threshold => {
+            let group_by = need_group_by(errs);
+            let aggregate = match spec.aggregate.as_ref().map(|a| *a.get_ref()) {
+                Some(Aggregate::Count) => Some(CompiledAggregate::Count),
+                Some(Aggregate::SumFaceValue) => Some(CompiledAggregate::SumFaceValue),
+                Some(Aggregate::Distinct) => match &spec.distinct_of {
+                    Some(d) if Some(*d.get_ref()) == group_by => {
+                        errs.at(d, "`distinct_of` must differ from `group_by`".into());
+                        None
+                    }
+                    Some(d) => Some(CompiledAggregate::Distinct(*d.get_ref())),
+                    None => {
+                        if let Some(a) = &spec.aggregate {
+                            errs.at(a, "`aggregate = \"distinct\"` needs `distinct_of`".into());
+                        }
+                        None
+                    }
+                },
+                None => {
+                    errs.at(&spec.kind, "a threshold rule needs `aggregate`".into());
+                    None
+                }
+            };
+            if let (Some(d), Some(a)) = (&spec.distinct_of, &spec.aggregate) {
+                if *a.get_ref() != Aggregate::Distinct {
+                    errs.at(d, "`distinct_of` needs `aggregate = \"distinct\"`".into());
+                }
+            }
+            let window = match &spec.window_secs {
+                Some(w) if (1..=MAX_WINDOW_SECS).contains(w.get_ref()) => Some(*w.get_ref()),
+                Some(w) => {
+                    errs.at(w, format!("`window_secs` must be 1 to {MAX_WINDOW_SECS}"));
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a threshold rule needs `window_secs`".into());
+                    None
+                }
+            };
+            let threshold = match &spec.threshold {
+                Some(t) if *t.get_ref() >= 1 => Some(*t.get_ref()),
+                Some(t) => {
+                    errs.at(t, "`threshold` must be at least 1".into());
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a threshold rule needs `threshold`".into());
+                    None
+                }
+            };
+            if let (Some(CompiledAggregate::Distinct(_)), Some(t)) = (aggregate, &spec.threshold) {
+                if *t.get_ref() > 10_000 {
+                    errs.at(t, "a distinct `threshold` must be at most 10000 (memory per key grows with it)".into());
+                }
+            }
+            match (group_by, aggregate, window, threshold) {
+                (Some(group_by), Some(aggregate), Some(window), Some(threshold)) => {
+                    let window_ms = window as i64 * 1000;
+                    Some(CompiledKind::Threshold {
+                        group_by,
+                        aggregate,
+                        window_ms,
+                        bucket_ms: (window_ms / crate::state::BUCKETS as i64).max(1),
+                        threshold,
+                    })
+                }
+                _ => None,
+            }
+        }
+        RuleKind::Quota => {
+            let group_by = need_group_by(errs);
+            let limit = match &spec.limit {
+                Some(l) => NonZeroU32::new(*l.get_ref()).or_else(|| {
+                    errs.at(l, "`limit` must be at least 1".into());
+                    None
+                }),
+                None => {
+                    errs.at(&spec.kind, "a quota rule needs `limit`".into());
+                    None
+                }
+            };
+            let period = match &spec.period_secs {
+                Some(p) if (1..=MAX_WINDOW_SECS).contains(p.get_ref()) => Some(*p.get_ref()),
+                Some(p) => {
+                    errs.at(p, format!("`period_secs` must be 1 to {MAX_WINDOW_SECS}"));
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a quota rule needs `period_secs`".into());
+                    None
+                }
+            };
+            let burst = match &spec.burst {
+                Some(b) => NonZeroU32::new(*b.get_ref()).or_else(|| {
+                    errs.at(b, "`burst` must be at least 1".into());
+                    None
+                }),
+                None => limit,
+            };
+            match (group_by, limit, period, burst) {
+                (Some(group_by), Some(limit), Some(period_secs), Some(burst)) => Some(CompiledKind::Quota {
+                    group_by,
+                    limit,
+                    period_secs,
+                    burst,
+                }),
+                _ => None,
+            }
+        }
+        RuleKind::Match => Some(CompiledKind::Match),
+    };
+
+    let scope = match (&spec.scope, &spec.group_by) {
+        (Some(s), _) => *s.get_ref(),
+        (None, Some(g)) if kind != RuleKind::Match => *g.get_ref(),
+        _ => KeyName::Account,
+    };
+    let action = *spec.action.get_ref();
+    match action {
+        Action::Release => errs.at(&spec.action, "a rule cannot `release`; releases come from the admin API".into()),
+        Action::Freeze if !matches!(scope, KeyName::Card | KeyName::Account) => errs.at(
+            &spec.action,
+            format!("`freeze` applies to a card or an account, not to scope `{}`; use `block`", scope.as_str()),
+        ),
+        Action::Block if matches!(scope, KeyName::Card | KeyName::Account) => errs.at(
+            &spec.action,
+            format!("`block` applies to an ip, prefix, device or asn, not to scope `{}`; use `freeze`", scope.as_str()),
+        ),
+        _ => {}
+    }
+    if *spec.score.get_ref() > 100 {
+        errs.at(&spec.score, "`score` must be 0 to 100".into());
+    }
+
+    let mut allow = Allow {
+        accounts: spec.allow.accounts.iter().map(|a| key_of(a.as_str())).collect(),
+        devices: spec.allow.devices.iter().map(|d| key_of(d.as_str())).collect(),
+        cidrs: Vec::new(),
+    };
+    for cidr in &spec.allow.cidrs {
+        match parse_cidr(cidr.get_ref()) {
+            Some(net) => allow.cidrs.push(net),
+            None => errs.at(cidr, "not an address range like \"10.0.0.0/8\" or \"2001:db8::/32\"".into()),
+        }
+    }
+
+    let noun = spec.noun.clone().unwrap_or_else(|| match &compiled_kind {
+        Some(CompiledKind::Threshold {
+            aggregate: CompiledAggregate::Distinct(k),
+            ..
+        }) => format!("distinct {}s", plural_stem(*k)),
+        Some(CompiledKind::Threshold {
+            aggregate: CompiledAggregate::SumFaceValue,
+            ..
+        }) => "of face value".into(),
+        _ => "attempts".into(),
+    });
+
+    let mut rule = CompiledRule {
+        id: id.as_str().into(),
+        version: rule_version(spec),
+        description: spec.description.clone(),
+        kind: compiled_kind?,
+        filter: filter?,
+        action,
+        scope,
+        duration_ms: spec.duration_secs.filter(|d| *d > 0).map(|d| d.min(10 * 365 * 86_400) as i64 * 1000),
+        score: (*spec.score.get_ref()).min(100) as u8,
+        mode: spec.mode,
+        noun,
+        allow,
+        geo_needs: GeoNeeds::default(),
+    };
+    let f = rule.filter.geo_needs();
+    let k = rule.key_needs();
+    rule.geo_needs = GeoNeeds {
+        city: f.city || k.city,
+        asn: f.asn || k.asn,
+        anonymous: f.anonymous || k.anonymous,
+    };
+    for (needed, have, name, key) in [
+        (rule.geo_needs.city, available.city, "City", "geo.city"),
+        (rule.geo_needs.asn, available.asn, "ASN", "geo.asn"),
+        (rule.geo_needs.anonymous, available.anonymous, "Anonymous-IP", "geo.anonymous"),
+    ] {
+        if needed && !have {
+            errs.at_offset(
+                table_start,
+                format!("rule `{id}` needs the GeoIP2/GeoLite2 {name} database, which is not configured (set `{key}` in the config or pass --{})", key.trim_start_matches("geo.")),
+            );
+        }
+    }
+    (errs.len() == before).then_some(rule)
+}
+
+fn plural_stem(k: KeyName) -> &'static str {
+    match k {
+        KeyName::Card => "card",
+        KeyName::Account => "account",
+        KeyName::Device => "device",
+        KeyName::Ip => "addresse",
+        KeyName::IpPrefix => "prefixe",
+        KeyName::Asn => "network",
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
+    let before = errs.len();
+    let mut ip_countries = Vec::new();
+    for c in &spec.ip_country {
+        match Country::parse(c.get_ref()) {
+            Some(country) => ip_countries.push(country),
+            None => errs.at(c, "not a two-letter country code (ISO 3166-1 alpha-2)".into()),
+        }
+    }
+    let mut network = 0u8;
+    for n in &spec.network {
+        match NetworkFlags::NAMES.iter().find(|(name, _)| name == n.get_ref()) {
+            Some((_, bit)) => network |= bit,
+            None => errs.at(
+                n,
+                format!(
+                    "unknown network flag, expected one of {}",
+                    NetworkFlags::NAMES.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+    }
+    let exclude = match &spec.exclude {
+        Some(x) => Some(Box::new(compile_filter(x, errs)?)),
+        None => None,
+    };
+    let secs_to_ms = |s: Option<u64>| s.map(|s| s.min(100 * 365 * 86_400) as i64 * 1000);
+    let filter = Filter {
+        kinds: mask(&KINDS, &spec.kind),
+        outcomes: mask(&OUTCOMES, &spec.outcome),
+        failed: spec.failed,
+        brands: spec.brand.iter().map(|b| b.as_str().into()).collect(),
+        card_types: mask(&CARD_TYPES, &spec.card_type),
+        min_face_value_fen: spec.min_face_value_fen,
+        max_face_value_fen: spec.max_face_value_fen,
+        channels: mask(&CHANNELS, &spec.channel),
+        platforms: mask(&PLATFORMS, &spec.platform),
+        min_account_age_ms: secs_to_ms(spec.min_account_age_secs),
+        max_account_age_ms: secs_to_ms(spec.max_account_age_secs),
+        verified: spec.verified,
+        ip_countries,
+        asns: spec.asn.clone(),
+        network,
+        country_mismatch: spec.country_mismatch,
+        new_device: spec.new_device,
+        bound_to_other_account: spec.bound_to_other_account,
+        min_distance_km: spec.min_distance_km,
+        min_speed_kmh: spec.min_speed_kmh,
+        exclude,
+    };
+    (errs.len() == before).then_some(filter)
+}
+

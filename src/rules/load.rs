@@ -1,0 +1,271 @@
+//! Reading rule files: every error in every file, as `file:line:column: message`.
+//!
+//! Each file is parsed with toml's recoverable parser, so several syntax
+//! errors in one file are all reported; then each `[[rule]]` table is
+//! deserialized on its own, so a bad rule does not hide the next one's errors.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::compile::{compile_rule, CompiledRule};
+use super::spec::RuleSpec;
+use crate::enrich::GeoNeeds;
+
+/// One problem in a rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found while loading a rule set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors for one file, turning byte offsets into line and column.
+pub(crate) struct Located<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: Vec<RuleError>,
+}
+
+impl<'a> Located<'a> {
+    fn new(file: &'a Path, src: &'a str) -> Located<'a> {
+        Located {
+            file,
+            src,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub(crate) fn at<T>(&mut self, value: &Spanned<T>, message: String) {
+        self.at_offset(value.span().start, message);
+    }
+
+    pub(crate) fn at_offset(&mut self, offset: usize, message: String) {
+        let (line, column) = line_column(self.src, offset);
+        self.errors.push(RuleError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn toml(&mut self, err: &toml::de::Error) {
+        let offset = err.span().map_or(0, |s| s.start);
+        let message = err.message().trim().replace('\n', " ");
+        self.at_offset(offset, message);
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_column(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = src.get(..offset).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// A loaded, valid set of rules.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// Enabled rules, in file order (files sorted by name).
+    pub rules: Vec<CompiledRule>,
+    /// Ids of rules present but switched off.
+    pub disabled: Vec<String>,
+    /// Hash over every enabled rule's version.
+    pub version: String,
+    /// Databases the rules need, all of them.
+    pub geo_needs: GeoNeeds,
+    /// Whether any rule reads account memory.
+    pub needs_account_memory: bool,
+    /// Whether any rule asks whether a card is bound to another account.
+    pub needs_card_memory: bool,
+    /// Longest window or period of any rule, ms.
+    pub longest_window_ms: i64,
+}
+
+impl RuleSet {
+    fn new(rules: Vec<CompiledRule>, disabled: Vec<String>) -> RuleSet {
+        let mut hasher = Sha256::new();
+        let mut needs = GeoNeeds::default();
+        let mut longest = 0;
+        for r in &rules {
+            hasher.update(r.id.as_bytes());
+            hasher.update(r.version.as_bytes());
+            needs.city |= r.geo_needs.city;
+            needs.asn |= r.geo_needs.asn;
+            needs.anonymous |= r.geo_needs.anonymous;
+            longest = longest.max(match r.kind {
+                super::CompiledKind::Threshold { window_ms, .. } => window_ms,
+                super::CompiledKind::Quota { period_secs, .. } => period_secs as i64 * 1000,
+                super::CompiledKind::Match => 0,
+            });
+        }
+        RuleSet {
+            needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),
+            needs_card_memory: rules.iter().any(|r| needs_card(&r.filter)),
+            version: hex::encode(&hasher.finalize()[..6]),
+            rules,
+            disabled,
+            geo_needs: needs,
+            longest_window_ms: longest,
+        }
+    }
+}
+
+fn needs_card(f: &super::Filter) -> bool {
+    f.bound_to_other_account.is_some() || f.exclude.as_deref().is_some_and(needs_card)
+}
+
+/// Loads a rule file or every `*.toml` file in a directory (sorted by name).
+/// `available` says which geo databases are open.
+pub fn load_rules(path: &Path, available: GeoNeeds) -> Result<RuleSet, RuleErrors> {
+    let files = rule_files(path)?;
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => {
+                return Err(RuleErrors(vec![RuleError {
+                    file,
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read the file: {e}"),
+                }]))
+            }
+        }
+    }
+    compile_sources(&sources, available)
+}
+
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleErrors> {
+    let fail = |message: String| {
+        RuleErrors(vec![RuleError {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            message,
+        }])
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read rules: {e}")))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| fail(format!("cannot list the rules directory: {e}")))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(fail("no *.toml rule files in this directory".into()));
+    }
+    Ok(files)
+}
+
+/// Compiles rule sources given as (file name, text); the whole set or errors.
+pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Result<RuleSet, RuleErrors> {
+    let mut errors = Vec::new();
+    let mut rules: Vec<CompiledRule> = Vec::new();
+    let mut disabled = Vec::new();
+    let mut seen_ids: Vec<(String, PathBuf, usize, usize)> = Vec::new();
+    for (file, src) in sources {
+        let mut errs = Located::new(file, src);
+        for (spec, table_start) in parse_file(src, &mut errs) {
+            let id = spec.id.get_ref().clone();
+            let (line, column) = line_column(src, spec.id.span().start);
+            if let Some((_, f, l, c)) = seen_ids.iter().find(|(other, ..)| *other == id) {
+                errs.at(&spec.id, format!("rule id `{id}` is already used at {}:{l}:{c}", f.display()));
+                continue;
+            }
+            seen_ids.push((id.clone(), file.clone(), line, column));
+            // A switched-off rule is still checked, but not for databases it
+            // would need: switching a geo rule off is how to run without them.
+            let available = if spec.enabled { available } else { GeoNeeds { city: true, asn: true, anonymous: true } };
+            let compiled = compile_rule(&spec, table_start, available, &mut errs);
+            if !spec.enabled {
+                disabled.push(id);
+            } else if let Some(rule) = compiled {
+                rules.push(rule);
+            }
+        }
+        errors.extend(errs.errors);
+    }
+    if errors.is_empty() {
+        Ok(RuleSet::new(rules, disabled))
+    } else {
+        Err(RuleErrors(errors))
+    }
+}
+
+/// The `[[rule]]` tables of one file that deserialize, with their start offsets.
+fn parse_file(src: &str, errs: &mut Located<'_>) -> Vec<(RuleSpec, usize)> {
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    for e in &syntax {
+        errs.toml(e);
+    }
+    if !syntax.is_empty() {
+        return Vec::new();
+    }
+    let mut specs = Vec::new();
+    for (key, value) in root.get_ref().iter() {
+        if key.get_ref() != "rule" {
+            errs.at(key, format!("unknown top-level key `{}`, expected `[[rule]]` tables", key.get_ref()));
+            continue;
+        }
+        let DeValue::Array(tables) = value.get_ref() else {
+            errs.at(value, "`rule` must be written as `[[rule]]` tables".into());
+            continue;
+        };
+        for table in tables.iter() {
+            let start = table.span().start;
+            match RuleSpec::deserialize(ValueDeserializer::from(table.clone())) {
+                Ok(spec) => specs.push((spec, start)),
+                Err(e) => errs.toml(&e),
+            }
+        }
+    }
+    if specs.is_empty() && errs.len() == 0 {
+        errs.at_offset(0, "no `[[rule]]` tables in this file".into());
+    }
+    specs
+}
+
+/// Convenience for tests and tools: the enabled rules' (id, version) pairs.
+pub fn rule_versions(set: &RuleSet) -> Vec<(Arc<str>, Arc<str>)> {
+    set.rules.iter().map(|r| (r.id.clone(), r.version.clone())).collect()
+}

@@ -1,0 +1,14 @@
+//! Step 4 of the flow: rules. [`spec`] is what the security team writes (TOML,
+//! read with serde), [`compile`] turns it into [`CompiledRule`]s the engine
+//! runs, [`load`] reads files and reports every error with its position, and
+//! [`filter`] evaluates conditions on one attempt.
+
+pub mod compile;
+pub mod filter;
+pub mod load;
+pub mod spec;
+
+pub use compile::{Allow, CompiledAggregate, CompiledKind, CompiledRule};
+pub use filter::{Facts, Filter};
+pub use load::{compile_sources, line_column, load_rules, rule_versions, RuleError, RuleErrors, RuleSet};
+pub use spec::{Action, KeyName, Mode, RuleSpec};

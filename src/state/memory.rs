@@ -1,0 +1,149 @@
+//! Long-lived memory per account and per card, and the set of recently seen
+//! event ids that keeps a redelivered event from counting twice.
+
+use std::collections::HashSet;
+
+use crate::event::Country;
+
+use super::store::{KeyHasher, LastSeen, key_hasher};
+
+/// How many devices an account remembers as its own.
+pub const KNOWN_DEVICES: usize = 6;
+
+/// What kamiguard remembers about an account from its successful attempts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountMemory {
+    /// Hashes of devices that succeeded on this account, newest last.
+    devices: [u64; KNOWN_DEVICES],
+    device_count: u8,
+    /// Where and when the account last succeeded.
+    pub last_place: Option<Place>,
+    pub last_seen_ms: i64,
+}
+
+/// A located attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    pub lat: f32,
+    pub lon: f32,
+    pub country: Option<Country>,
+    pub ts_ms: i64,
+}
+
+impl AccountMemory {
+    pub fn knows_device(&self, device: u64) -> bool {
+        self.devices[..self.device_count as usize].contains(&device)
+    }
+
+    pub fn has_history(&self) -> bool {
+        self.device_count > 0 || self.last_place.is_some()
+    }
+
+    /// Remembers `device` as the account's own, forgetting the oldest when full.
+    pub fn learn_device(&mut self, device: u64) {
+        if self.knows_device(device) {
+            return;
+        }
+        let n = self.device_count as usize;
+        if n < KNOWN_DEVICES {
+            self.devices[n] = device;
+            self.device_count += 1;
+        } else {
+            self.devices.rotate_left(1);
+            self.devices[KNOWN_DEVICES - 1] = device;
+        }
+    }
+}
+
+impl LastSeen for AccountMemory {
+    fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms
+    }
+}
+
+/// Which account a card was activated to, learnt from successful activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardMemory {
+    pub bound_account: u64,
+    pub last_seen_ms: i64,
+}
+
+impl LastSeen for CardMemory {
+    fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms
+    }
+}
+
+/// Event ids seen within the dedup window, in two generations: a generation is
+/// dropped whole once it is older than the window, so memory follows the event
+/// rate over the window and housekeeping is O(1) per event.
+#[derive(Debug)]
+pub struct SeenEvents {
+    current: HashSet<u64, KeyHasher>,
+    previous: HashSet<u64, KeyHasher>,
+    generation_start_ms: i64,
+    window_ms: i64,
+    max_ids: usize,
+}
+
+impl SeenEvents {
+    /// Remembers ids for at least `window_ms` of event time, at most `max_ids`
+    /// per generation (a flood rotates generations early rather than grow).
+    pub fn new(window_ms: i64, max_ids: usize) -> SeenEvents {
+        SeenEvents {
+            current: HashSet::with_hasher(key_hasher()),
+            previous: HashSet::with_hasher(key_hasher()),
+            generation_start_ms: i64::MIN,
+            window_ms: window_ms.max(1),
+            max_ids: max_ids.max(1),
+        }
+    }
+
+    /// Records `id` seen at `ts_ms`; `false` if it was already seen.
+    pub fn first_time(&mut self, id: u64, ts_ms: i64) -> bool {
+        if self.generation_start_ms == i64::MIN {
+            self.generation_start_ms = ts_ms;
+        }
+        if ts_ms.saturating_sub(self.generation_start_ms) >= self.window_ms || self.current.len() >= self.max_ids {
+            self.previous = std::mem::replace(&mut self.current, HashSet::with_hasher(key_hasher()));
+            self.generation_start_ms = ts_ms;
+        }
+        if self.previous.contains(&id) {
+            return false;
+        }
+        self.current.insert(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_within_window_is_refused() {
+        let mut seen = SeenEvents::new(1000, 100);
+        assert!(seen.first_time(1, 0));
+        assert!(!seen.first_time(1, 500));
+        assert!(seen.first_time(2, 1500));
+        // id 1 is in the previous generation, still remembered
+        assert!(!seen.first_time(1, 1600));
+    }
+
+    #[test]
+    fn known_devices_are_bounded() {
+        let mut m = AccountMemory::default();
+        for d in 0..10 {
+            m.learn_device(d);
+        }
+        assert!(m.knows_device(9));
+        assert!(!m.knows_device(0));
+    }
+}

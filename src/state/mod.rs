@@ -1,0 +1,17 @@
+//! Step 3 of the flow: keyed state on event time.
+//!
+//! Sliding sums and bounded distinct sets per rule and key ([`window`]), GCRA
+//! quotas ([`quota`]), per-account and per-card memory and the dedup set
+//! ([`memory`]), all held in `DashMap`s counted against one [`StateBudget`]
+//! ([`store`]). Nothing here reads the wall clock: time is the event time the
+//! engine passes in.
+
+pub mod memory;
+pub mod quota;
+pub mod store;
+pub mod window;
+
+pub use memory::{AccountMemory, CardMemory, Place, SeenEvents};
+pub use quota::{EventClock, KeyedQuota};
+pub use store::{key_of, BudgetStats, KeyedStore, LastSeen, StateBudget};
+pub use window::{DistinctWindow, SlidingSum, BUCKETS};

@@ -1,0 +1,175 @@
+//! Per-key GCRA quotas (governor) on event time, in a budgeted store.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+use super::store::{KeyedStore, LastSeen, StateBudget};
+
+/// A governor clock that reads event time, set by the engine from the events
+/// it processes. It only moves forward: quotas are judged at the newest event
+/// time seen, so a slightly late event is judged a little late, never early.
+#[derive(Debug, Clone, Default)]
+pub struct EventClock(Arc<AtomicU64>);
+
+impl EventClock {
+    /// Moves the clock to `ts_ms` if that is later than where it is.
+    pub fn advance_to(&self, ts_ms: i64) {
+        let nanos = (ts_ms.max(0) as u64).saturating_mul(1_000_000);
+        self.0.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0.load(Ordering::Acquire) / 1_000_000) as i64
+    }
+}
+
+impl Clock for EventClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// governor's theoretical arrival time for one key, plus when it was last used.
+#[derive(Debug)]
+pub struct Tat {
+    nanos: u64,
+    last_ms: i64,
+}
+
+impl LastSeen for Tat {
+    fn last_seen_ms(&self) -> i64 {
+        self.last_ms
+    }
+}
+
+/// governor's state store, backed by a [`KeyedStore`] so quota keys count
+/// against the same budget as window keys.
+#[derive(Debug)]
+pub struct QuotaStore {
+    store: Arc<KeyedStore<Tat>>,
+    clock: EventClock,
+}
+
+impl StateStore for QuotaStore {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let now_ms = self.clock.now_ms();
+        let measured = self.store.with(
+            *key,
+            || Tat { nanos: 0, last_ms: now_ms },
+            |tat| {
+                let prev = (tat.nanos != 0).then(|| Nanos::from(tat.nanos));
+                let (result, next) = f(prev)?;
+                tat.nanos = next.into();
+                tat.last_ms = now_ms;
+                Ok(result)
+            },
+        );
+        // At the key cap the attempt is judged as a fresh key and not remembered.
+        measured.unwrap_or_else(|| f(None).map(|(result, _)| result))
+    }
+}
+
+/// One rule's quota: `limit` attempts per `period`, bursts up to `burst`.
+pub struct KeyedQuota {
+    limiter: RateLimiter<u64, QuotaStore, EventClock, NoOpMiddleware<Nanos>>,
+    /// The same store the limiter owns, kept for eviction and sizing.
+    store: Arc<KeyedStore<Tat>>,
+    period_ms: i64,
+}
+
+impl std::fmt::Debug for KeyedQuota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedQuota").field("period_ms", &self.period_ms).finish()
+    }
+}
+
+impl KeyedQuota {
+    /// `limit` and `burst` are at least 1 and `period_secs` at least 1 (the
+    /// rule compiler checks this), so the quota always exists.
+    pub fn new(limit: NonZeroU32, period_secs: u64, burst: NonZeroU32, clock: EventClock, budget: Arc<StateBudget>) -> KeyedQuota {
+        let period = Duration::from_secs(period_secs.max(1));
+        let per_cell = period / limit.get();
+        let quota = Quota::with_period(per_cell)
+            .unwrap_or_else(|| Quota::per_second(limit))
+            .allow_burst(burst);
+        let store = Arc::new(KeyedStore::new(budget));
+        let state = QuotaStore {
+            store: store.clone(),
+            clock: clock.clone(),
+        };
+        KeyedQuota {
+            limiter: RateLimiter::new(quota, state, clock),
+            store,
+            period_ms: (period_secs as i64).saturating_mul(1000),
+        }
+    }
+
+    /// Takes one cell for `key`; `false` when the key is over its quota.
+    pub fn check(&self, key: u64) -> bool {
+        self.limiter.check_key(&key).is_ok()
+    }
+
+    /// Drops keys idle for a whole period (their quota is full again).
+    pub fn evict_idle(&self, now_ms: i64) -> usize {
+        self.store.evict_idle(now_ms - self.period_ms)
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn allows_burst_then_refuses_until_time_moves() {
+        let clock = EventClock::default();
+        clock.advance_to(1_000_000);
+        let q = KeyedQuota::new(nz(3), 3600, nz(3), clock.clone(), StateBudget::new(100));
+        assert!(q.check(7));
+        assert!(q.check(7));
+        assert!(q.check(7));
+        assert!(!q.check(7), "fourth in the hour is over quota");
+        assert!(q.check(8), "other keys are independent");
+        clock.advance_to(1_000_000 + 1_200_000); // 20 minutes: one cell back
+        assert!(q.check(7));
+        assert!(!q.check(7));
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_after_a_period() {
+        let clock = EventClock::default();
+        clock.advance_to(10_000);
+        let budget = StateBudget::new(100);
+        let q = KeyedQuota::new(nz(2), 60, nz(2), clock.clone(), budget.clone());
+        q.check(1);
+        clock.advance_to(10_000 + 61_000);
+        assert_eq!(q.evict_idle(clock.now_ms()), 1);
+        assert_eq!(budget.stats().live_keys, 0);
+    }
+}

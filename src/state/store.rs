@@ -1,0 +1,196 @@
+//! Keyed state in a `DashMap`, bounded by a shared key budget.
+
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// The fixed-seed hasher used for every state key. Fixed seeds keep replay and
+/// eviction order reproducible; keys are already hashes of attacker-chosen
+/// strings, so a flood can create many keys but cannot aim at one shard.
+pub type KeyHasher = ahash::RandomState;
+
+pub fn key_hasher() -> KeyHasher {
+    ahash::RandomState::with_seeds(0x6b61_6d69, 0x6775_6172, 0x6420_7374, 0x6174_6521)
+}
+
+/// Hashes any value into the 64-bit key the stores use.
+pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
+    key_hasher().hash_one(value)
+}
+
+/// How many keys all stores together may hold, and what happened at the limit.
+/// Shared by every store of an engine so one figure bounds its memory.
+#[derive(Debug)]
+pub struct StateBudget {
+    cap: usize,
+    live: AtomicUsize,
+    evicted: AtomicU64,
+    cap_hits: AtomicU64,
+}
+
+/// A snapshot of the budget's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetStats {
+    pub cap: usize,
+    pub live_keys: usize,
+    pub evicted: u64,
+    pub cap_hits: u64,
+}
+
+impl StateBudget {
+    pub fn new(cap: usize) -> Arc<StateBudget> {
+        Arc::new(StateBudget {
+            cap,
+            live: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
+            cap_hits: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> BudgetStats {
+        BudgetStats {
+            cap: self.cap,
+            live_keys: self.live.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            cap_hits: self.cap_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.cap).then_some(n + 1))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize, evicted: bool) {
+        self.live.fetch_sub(n, Ordering::AcqRel);
+        if evicted {
+            self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn note_cap_hit(&self) -> u64 {
+        self.cap_hits.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Values that know when they were last touched (event time, ms).
+pub trait LastSeen {
+    fn last_seen_ms(&self) -> i64;
+}
+
+/// A map from key hash to state, counted against a [`StateBudget`].
+#[derive(Debug)]
+pub struct KeyedStore<V> {
+    map: DashMap<u64, V, KeyHasher>,
+    budget: Arc<StateBudget>,
+}
+
+impl<V: LastSeen> KeyedStore<V> {
+    pub fn new(budget: Arc<StateBudget>) -> KeyedStore<V> {
+        KeyedStore {
+            map: DashMap::with_hasher(key_hasher()),
+            budget,
+        }
+    }
+
+    /// Runs `f` on the state for `key`, creating it with `init` when absent.
+    /// Returns `None` when the key is new and the budget is spent: the attempt
+    /// is not tracked under this key, and the cap hit is counted.
+    ///
+    /// The DashMap guard lives only inside this call, never across an await.
+    pub fn with<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        if let Some(mut entry) = self.map.get_mut(&key) {
+            return Some(f(&mut entry));
+        }
+        if !self.budget.try_take() {
+            let hits = self.budget.note_cap_hit();
+            if hits.is_power_of_two() {
+                tracing::warn!(cap = self.budget.cap, hits, "State key cap reached; new keys are not tracked.");
+            }
+            return None;
+        }
+        match self.map.entry(key) {
+            dashmap::Entry::Occupied(mut e) => {
+                // Another thread created it between our two looks.
+                self.budget.give_back(1, false);
+                Some(f(e.get_mut()))
+            }
+            dashmap::Entry::Vacant(v) => {
+                let mut entry = v.insert(init());
+                Some(f(&mut entry))
+            }
+        }
+    }
+
+    /// Reads the state for `key`, if any.
+    pub fn read<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.map.get(&key).map(|v| f(&v))
+    }
+
+    /// Drops every key last touched at or before `horizon_ms`.
+    pub fn evict_idle(&self, horizon_ms: i64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, v| v.last_seen_ms() > horizon_ms);
+        let removed = before.saturating_sub(self.map.len());
+        self.budget.give_back(removed, true);
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl<V> Drop for KeyedStore<V> {
+    fn drop(&mut self) {
+        // Keys of a dropped store (a rule removed on reload) go back to the budget.
+        self.budget.give_back(self.map.len(), false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct V(i64);
+    impl LastSeen for V {
+        fn last_seen_ms(&self) -> i64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn cap_holds_and_is_counted() {
+        let budget = StateBudget::new(3);
+        let store = KeyedStore::<V>::new(budget.clone());
+        for k in 0..10u64 {
+            store.with(k, || V(k as i64), |_| ());
+        }
+        assert_eq!(store.len(), 3);
+        let stats = budget.stats();
+        assert_eq!(stats.live_keys, 3);
+        assert_eq!(stats.cap_hits, 7);
+        // existing keys still update at the cap
+        assert_eq!(store.with(1, || V(0), |v| v.0), Some(1));
+    }
+
+    #[test]
+    fn eviction_frees_budget() {
+        let budget = StateBudget::new(3);
+        let store = KeyedStore::<V>::new(budget.clone());
+        for k in 0..3u64 {
+            store.with(k, || V(k as i64 * 100), |_| ());
+        }
+        assert_eq!(store.evict_idle(150), 2);
+        assert_eq!(budget.stats().live_keys, 1);
+        assert_eq!(budget.stats().evicted, 2);
+        assert!(store.with(7, || V(500), |_| ()).is_some());
+    }
+}

@@ -45,11 +45,11 @@ pub struct GeoConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
-    #[error("cannot open the {what} database {path}: {source}")]
+    #[error("cannot open the {what} database {path}: {error}")]
     Open {
         what: &'static str,
         path: PathBuf,
-        source: maxminddb::MaxMindDbError,
+        error: maxminddb::MaxMindDbError,
     },
 }
 
@@ -155,10 +155,10 @@ impl std::fmt::Debug for GeoDatabases {
 fn open(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Reader<Vec<u8>>>, EnrichError> {
     path.as_deref()
         .map(|p: &Path| {
-            Reader::open_readfile(p).map_err(|source| EnrichError::Open {
+            Reader::open_readfile(p).map_err(|error| EnrichError::Open {
                 what,
                 path: p.to_owned(),
-                source,
+                error,
             })
         })
         .transpose()

@@ -223,6 +223,8 @@ pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Re
                 rules.push(rule);
             }
         }
+        // Report in file order, whatever stage found each problem.
+        errs.errors.sort_by_key(|e| (e.line, e.column));
         errors.extend(errs.errors);
     }
     if errors.is_empty() {

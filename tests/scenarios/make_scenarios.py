@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Writes the golden scenario folders: events.jsonl and expected.jsonl.
+
+Each shipped rule has an `<rule>` folder where an attack makes it fire and a
+`<rule>-legit` folder of look-alike honest traffic that must stay quiet.
+expected.jsonl states what must fire, written by hand here, never copied from
+kamiguard's output. Run it again after editing: `python3 tests/scenarios/make_scenarios.py`.
+Networks: see tests/common/geo.rs (175.16.199/24 Beijing, 100.64/16 Guangzhou
+carrier NAT, 198.51.100/24 Tokyo, 203.0.113/24 New York, 192.0.2/24 hosting,
+198.18.0/24 VPN).
+"""
+import datetime as dt
+import hashlib
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+T0 = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+OLD = "2024-01-01T00:00:00+08:00"
+
+
+def ts(seconds):
+    return (T0 + dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def code(name):
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def ev(eid, t, account, outcome="success", kind="redemption", card=None, ip=None, device=None,
+       face=None, card_type=None, created=OLD, verified=True, country="CN", platform="android",
+       channel="app", bound=None):
+    e = {"event_id": eid, "ts": ts(t), "kind": kind, "outcome": outcome,
+         "card": {"code_hash": code(card or eid), "brand": "xiaomi"},
+         "account": {"id": account, "created_at": created, "verified": verified, "country": country},
+         "channel": channel}
+    if face is not None:
+        e["card"]["face_value"] = face
+    if card_type:
+        e["card"]["type"] = card_type
+    if bound:
+        e["card"]["bound_account"] = bound
+    if device:
+        e["device"] = {"fingerprint": device, "platform": platform}
+    if ip:
+        e["ip"] = ip
+    return e
+
+
+def write(name, events, expected):
+    d = os.path.join(HERE, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "events.jsonl"), "w") as f:
+        for e in events:
+            f.write(json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n")
+    with open(os.path.join(d, "expected.jsonl"), "w") as f:
+        for x in expected:
+            f.write(json.dumps(x, separators=(",", ":")) + "\n")
+
+
+def days_ago(n):
+    return (T0 - dt.timedelta(days=n)).isoformat(timespec="seconds")
+
+
+# single-address guessing: 60 wrong codes from one address in 5 minutes.
+write("single-ip-guessing",
+      [ev(f"g-{i:03}", i * 5, "u-guess", "invalid_code", ip="175.16.199.7", device="fp-bot-1") for i in range(60)],
+      [{"rule": "single-ip-guessing", "action": "block", "scope": "ip", "subject": "175.16.199.7",
+        "trigger_event_id": "g-049", "evidence": {"value": 50, "threshold": 50}}])
+
+# carrier NAT: 300 honest accounts behind one address, one in ten mistypes once.
+nat = []
+for i in range(300):
+    t = i * 2
+    if i % 10 == 0:
+        nat.append(ev(f"n-{i:03}-typo", t, f"u-nat-{i}", "invalid_code", ip="100.64.0.9", device=f"fp-nat-{i}", card=f"typo-{i}"))
+    nat.append(ev(f"n-{i:03}", t + 1, f"u-nat-{i}", ip="100.64.0.9", device=f"fp-nat-{i}", face=5000, card_type="e_card"))
+write("single-ip-guessing-legit", nat, [])
+
+# distributed guessing: one device, a new proxy address per failure.
+write("distributed-guessing",
+      [ev(f"d-{i:02}", i * 60, "u-rot", "invalid_code", ip=f"175.16.199.{10 + i}", device="fp-rot-1") for i in range(12)],
+      [{"rule": "distributed-guessing", "action": "block", "scope": "device", "subject": "fp-rot-1",
+        "trigger_event_id": "d-07"}])
+
+# a commuter's phone on three addresses with a few typos.
+commute = []
+for i, ip in enumerate(["175.16.199.30", "175.16.199.31", "175.16.199.32"]):
+    commute.append(ev(f"c-{i}-typo", i * 1200, "u-commute", "wrong_pin", ip=ip, device="fp-commute", card=f"ct-{i}"))
+    commute.append(ev(f"c-{i}", i * 1200 + 30, "u-commute", ip=ip, device="fp-commute", face=10000))
+commute.append(ev("c-3-typo", 3000, "u-commute", "invalid_code", ip="175.16.199.30", device="fp-commute", card="ct-3"))
+write("distributed-guessing-legit", commute, [])
+
+# one code tried by four accounts.
+write("code-shared-by-accounts",
+      [ev(f"s-{i}", i * 300, f"u-share-{i}", "wrong_pin" if i else "success", card="leaked", ip=f"175.16.199.{60 + i}", device=f"fp-share-{i}") for i in range(4)],
+      [{"rule": "code-shared-by-accounts", "action": "freeze", "scope": "card", "subject": code("leaked"),
+        "trigger_event_id": "s-2"}])
+
+# a gift: the friend redeems it, the giver later finds it used.
+write("code-shared-by-accounts-legit",
+      [ev("gift-1", 0, "u-friend", card="gift", ip="175.16.199.70", device="fp-friend", face=20000),
+       ev("gift-2", 3600, "u-giver", "already_used", card="gift", ip="175.16.199.71", device="fp-giver")],
+      [])
+
+# device farm: six fresh accounts on one phone.
+write("device-farm",
+      [ev(f"f-{i}", i * 600, f"u-farm-{i}", created=days_ago(1), ip="175.16.199.50", device="fp-farm-1", face=2000) for i in range(6)],
+      [{"rule": "device-farm", "action": "block", "scope": "device", "subject": "fp-farm-1", "trigger_event_id": "f-4"}])
+
+# a store terminal serving thirty new customers, and a family tablet.
+pos = [ev(f"p-{i:02}", i * 120, f"u-shop-{i}", created=days_ago(2), ip="175.16.199.90", device="fp-pos-1",
+          platform="pos", channel="store", face=5000) for i in range(30)]
+pos += [ev(f"fam-{i}", 4000 + i * 60, f"u-family-{i}", created=days_ago(3), ip="175.16.199.91", device="fp-family-tablet", face=5000) for i in range(3)]
+write("device-farm-legit", pos, [])
+
+# bulk drain: seven ¥3,000 cards in half an hour.
+write("bulk-drain",
+      [ev(f"b-{i}", i * 240, "u-drain", ip="175.16.199.100", device="fp-drain", face=300000, card_type="e_card") for i in range(8)],
+      [{"rule": "bulk-drain", "action": "challenge", "scope": "account", "subject": "u-drain", "trigger_event_id": "b-6"}])
+
+# a company's HR account redeeming sixty ¥500 staff cards: review, nothing stronger.
+write("bulk-drain-legit",
+      [ev(f"hr-{i:02}", i * 50, "u-corp-hr", ip="175.16.199.110", device="fp-hr", face=50000, card_type="custom") for i in range(60)],
+      [{"rule": "corporate-bulk-review", "action": "review", "scope": "account", "subject": "u-corp-hr", "trigger_event_id": "hr-39"}])
+
+# per-account quota: twelve redemptions in eleven minutes. The burst of ten
+# passes, one cell comes back after six minutes (q-10), the twelfth is over.
+write("redemption-quota",
+      [ev(f"q-{i:02}", i * 60, "u-quota", ip="175.16.199.120", device="fp-quota", face=1000) for i in range(12)],
+      [{"rule": "redemption-quota", "action": "challenge", "scope": "account", "subject": "u-quota", "trigger_event_id": "q-11"}])
+
+# five redemptions in an hour, then five more the next day.
+write("redemption-quota-legit",
+      [ev(f"ql-{i}", i * 720, "u-regular", ip="175.16.199.121", device="fp-regular", face=1000) for i in range(5)]
+      + [ev(f"ql-next-{i}", 86400 + i * 60, "u-regular", ip="175.16.199.121", device="fp-regular", face=1000) for i in range(5)],
+      [])
+
+# transfer after activation: seen activating, then someone else redeems; and a
+# card the service reports as bound to another account.
+write("transfer-after-activation",
+      [ev("t-1", 0, "u-owner", kind="activation", card="resold", ip="175.16.199.130", device="fp-owner", face=50000),
+       ev("t-2", 600, "u-buyer", card="resold", ip="175.16.199.131", device="fp-buyer", face=50000),
+       ev("t-3", 900, "u-buyer", card="bound-elsewhere", bound="u-owner-2", ip="175.16.199.131", device="fp-buyer", face=50000)],
+      [{"rule": "transfer-after-activation", "action": "freeze", "scope": "card", "subject": code("resold"), "trigger_event_id": "t-2"},
+       {"rule": "transfer-after-activation", "action": "freeze", "scope": "card", "subject": code("bound-elsewhere"), "trigger_event_id": "t-3"}])
+
+# the owner activates and redeems their own card.
+write("transfer-after-activation-legit",
+      [ev("tl-1", 0, "u-keeper", kind="activation", card="mine", ip="175.16.199.140", device="fp-keeper", face=50000),
+       ev("tl-2", 600, "u-keeper", card="mine", ip="175.16.199.140", device="fp-keeper", face=50000),
+       ev("tl-3", 900, "u-keeper", card="mine-too", bound="u-keeper", ip="175.16.199.140", device="fp-keeper", face=50000)],
+      [])
+
+# a day-old unverified account redeeming ¥2,000.
+write("new-account-high-value",
+      [ev("nv-1", 0, "u-fresh", created=days_ago(1), verified=False, ip="175.16.199.150", device="fp-fresh", face=200000)],
+      [{"rule": "new-account-high-value", "action": "challenge", "scope": "account", "subject": "u-fresh", "trigger_event_id": "nv-1"}])
+
+# new but verified; old and unverified; new, unverified, small.
+write("new-account-high-value-legit",
+      [ev("nvl-1", 0, "u-fresh-verified", created=days_ago(1), verified=True, ip="175.16.199.151", device="fp-nvl-1", face=200000),
+       ev("nvl-2", 60, "u-old-unverified", created=days_ago(400), verified=False, ip="175.16.199.152", device="fp-nvl-2", face=200000),
+       ev("nvl-3", 120, "u-fresh-small", created=days_ago(1), verified=False, ip="175.16.199.153", device="fp-nvl-3", face=5000)],
+      [])
+
+# takeover: months of Beijing on one phone, then a new device in New York.
+ato = [ev(f"a-{i}", -86400 * (10 - i), "u-victim", ip="175.16.199.80", device="fp-victim", face=5000) for i in range(5)]
+ato.append(ev("a-thief", 0, "u-victim", ip="203.0.113.9", device="fp-thief", face=100000))
+write("account-takeover", ato,
+      [{"rule": "account-takeover", "action": "freeze", "scope": "account", "subject": "u-victim", "trigger_event_id": "a-thief"}])
+
+# a traveller with their own phone in Tokyo; a new phone at home.
+legit = [ev("tr-1", -86400, "u-traveller", ip="175.16.199.81", device="fp-trav", face=5000),
+         ev("tr-2", 0, "u-traveller", ip="198.51.100.20", device="fp-trav", face=100000),
+         ev("np-1", -86400, "u-newphone", ip="175.16.199.82", device="fp-old-phone", face=5000),
+         ev("np-2", 0, "u-newphone", ip="175.16.199.83", device="fp-new-phone", face=100000)]
+write("account-takeover-legit", legit, [])
+
+# impossible travel: Beijing, then New York half an hour later, same device.
+write("impossible-travel",
+      [ev("it-1", 0, "u-jet", ip="175.16.199.84", device="fp-jet", face=1000),
+       ev("it-2", 1800, "u-jet", ip="203.0.113.10", device="fp-jet", face=1000)],
+      [{"rule": "impossible-travel", "action": "challenge", "scope": "account", "subject": "u-jet", "trigger_event_id": "it-2"}])
+
+# Beijing to Tokyo in five hours: a flight, not a hijack.
+write("impossible-travel-legit",
+      [ev("fl-1", 0, "u-flyer", ip="175.16.199.85", device="fp-flyer", face=1000),
+       ev("fl-2", 5 * 3600, "u-flyer", ip="198.51.100.21", device="fp-flyer", face=1000)],
+      [])
+
+# a Chinese account, known only from an in-store success, redeeming ¥1,500 in
+# the US from a device it never used.
+write("country-mismatch",
+      [ev("cm-1", -86400 * 3, "u-cm", device="fp-cm-1", face=5000, channel="store"),
+       ev("cm-2", 0, "u-cm", ip="203.0.113.20", device="fp-cm-2", face=150000)],
+      [{"rule": "country-mismatch", "action": "challenge", "scope": "account", "subject": "u-cm", "trigger_event_id": "cm-2"}])
+
+# a new phone at home, and a Japanese account at home in Tokyo.
+write("country-mismatch-legit",
+      [ev("cml-1", -86400 * 3, "u-home", device="fp-home-1", face=5000, channel="store"),
+       ev("cml-2", 0, "u-home", ip="175.16.199.160", device="fp-home-2", face=150000),
+       ev("cml-3", -86400, "u-jp", device="fp-jp-1", face=5000, channel="store", country="JP"),
+       ev("cml-4", 60, "u-jp", ip="198.51.100.30", device="fp-jp-2", face=150000, country="JP")],
+      [])
+
+# redemptions from a hosting provider and from a VPN.
+write("hosting-or-anonymous",
+      [ev("h-1", 0, "u-cloud", ip="192.0.2.10", device="fp-cloud", face=10000),
+       ev("h-2", 60, "u-vpn", ip="198.18.0.7", device="fp-vpn", face=10000)],
+      [{"rule": "hosting-or-anonymous", "action": "challenge", "scope": "account", "subject": "u-cloud", "trigger_event_id": "h-1"},
+       {"rule": "hosting-or-anonymous", "action": "challenge", "scope": "account", "subject": "u-vpn", "trigger_event_id": "h-2"}])
+
+# home broadband over IPv4 and IPv6.
+write("hosting-or-anonymous-legit",
+      [ev("hl-1", 0, "u-home4", ip="175.16.199.170", device="fp-h4", face=10000),
+       ev("hl-2", 60, "u-home6", ip="2001:db8::7", device="fp-h6", face=10000)],
+      [])

@@ -261,6 +261,10 @@ pub fn parse(bytes: &[u8], hasher: &CodeHasher) -> Result<Event, EventError> {
         return Err(EventError::TooLarge(bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| EventError::NotUtf8)?;
+    // serde would also read a struct from a JSON array; the contract says object.
+    if !text.trim_start().starts_with('{') {
+        return Err(EventError::NotJson("the top level is not an object".into()));
+    }
     let raw: RawEvent<'_> = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(_) => return Err(explain_json_error(text)),

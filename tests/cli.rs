@@ -1,0 +1,203 @@
+//! The `kamiguard` binary as an analyst uses it: check-rules, replay, test-rules.
+
+mod common;
+
+use std::path::Path;
+
+use common::kamiguard;
+
+fn geo_args(config: &kamiguard::enrich::GeoConfig) -> Vec<String> {
+    let mut args = Vec::new();
+    for (flag, path) in [("--city", &config.city), ("--asn", &config.asn), ("--anonymous", &config.anonymous)] {
+        if let Some(p) = path {
+            args.push(flag.to_string());
+            args.push(p.display().to_string());
+        }
+    }
+    args
+}
+
+#[test]
+fn check_rules_reports_every_error_in_every_file_with_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.toml"),
+        r#"[[rule]]
+id = "x"
+kind = "threshold"
+group_by = "ip"
+aggregate = "count"
+window_secs = 0
+threshold = 5
+action = "freeze"
+score = 500
+
+[[rule]]
+id = "y"
+kind = "match"
+filtre = { failed = true }
+action = "block"
+score = 1
+"#,
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("b.toml"), "[[rule]]\nid = \"x\"\nkind = \"match\"\naction = \"review\"\nscore = 10\nfilter = { network = [\"tor\", \"darknet\"] }\n").expect("write");
+    let out = kamiguard().arg("check-rules").arg(dir.path()).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let a = dir.path().join("a.toml").display().to_string();
+    let b = dir.path().join("b.toml").display().to_string();
+    let expected = [
+        format!("{a}:6:15: `window_secs` must be 1 to 604800"),
+        format!("{a}:8:10: `freeze` applies to a card or an account, not to scope `ip`; use `block`"),
+        format!("{a}:9:9: `score` must be 0 to 100"),
+        format!("{a}:14:1: unknown field `filtre`, expected one of `id`, `description`, `kind`, `enabled`, `filter`, `group_by`, `aggregate`, `distinct_of`, `window_secs`, `threshold`, `limit`, `period_secs`, `burst`, `noun`, `action`, `scope`, `duration_secs`, `score`, `mode`, `allow`"),
+        format!("{b}:2:6: rule id `x` is already used at {a}:2:6"),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn check_rules_rejects_a_geo_rule_without_its_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("geo.toml");
+    std::fs::write(&file, "[[rule]]\nid = \"far\"\nkind = \"match\"\nfilter = { ip_country = [\"US\"] }\naction = \"review\"\nscore = 10\n").expect("write");
+    let empty_config = dir.path().join("kamiguard.toml");
+    std::fs::write(&empty_config, "").expect("write");
+    let out = kamiguard().arg("check-rules").arg(&file).arg("--config").arg(&empty_config).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "{}:1:1: rule `far` needs the GeoIP2/GeoLite2 City database, which is not configured (set `geo.city` in the config or pass --city)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn shipped_rules_pass_check_rules() {
+    let out = kamiguard().current_dir(common::root()).args(["check-rules", "config/rules"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("13 rules ok"));
+}
+
+fn replay(events: &Path, geo: &[String], extra_env: Option<(&str, &str)>) -> (String, String) {
+    let mut cmd = kamiguard();
+    cmd.current_dir(common::root()).arg("replay").arg(events).args(geo);
+    if let Some((k, v)) = extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).expect("utf-8"), String::from_utf8(out.stderr).expect("utf-8"))
+}
+
+fn without_decided_at(jsonl: &str) -> Vec<serde_json::Value> {
+    jsonl
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("decision is JSON");
+            v.as_object_mut().expect("object").remove("decided_at");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn replay_is_deterministic_reports_bad_lines_and_orders_by_event_time() {
+    let (_dir, config, _) = common::fixture_geo();
+    let geo = geo_args(&config);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut all = String::new();
+    for case in ["single-ip-guessing", "account-takeover", "device-farm"] {
+        all.push_str(&std::fs::read_to_string(common::root().join("tests/scenarios").join(case).join("events.jsonl")).expect("read"));
+    }
+    let mut lines: Vec<&str> = all.lines().collect();
+    lines.insert(3, "{\"event_id\":\"x\"}");
+    lines.insert(7, "\u{1}not json");
+    let forward = tmp.path().join("forward.jsonl");
+    std::fs::write(&forward, lines.join("\n")).expect("write");
+    // The same events in reverse file order must give the same decisions.
+    let mut reversed: Vec<&str> = all.lines().collect();
+    reversed.reverse();
+    let backward = tmp.path().join("backward.jsonl");
+    std::fs::write(&backward, reversed.join("\n")).expect("write");
+
+    let (out1, err1) = replay(&forward, &geo, None);
+    let (out2, _) = replay(&forward, &geo, None);
+    let (out3, _) = replay(&backward, &geo, None);
+    assert_eq!(without_decided_at(&out1), without_decided_at(&out2));
+    assert_eq!(without_decided_at(&out1), without_decided_at(&out3));
+    let rules: Vec<String> = without_decided_at(&out1).iter().map(|d| d["rule"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(rules, ["account-takeover", "single-ip-guessing", "device-farm"]);
+    assert!(err1.contains("line 4: missing required field `ts`"), "{err1}");
+    assert!(err1.contains("line 8: message is not a valid JSON object"), "{err1}");
+    assert!(err1.contains("2 rejected"), "{err1}");
+    assert!(err1.contains("single-ip-guessing block: 1"), "{err1}");
+}
+
+#[test]
+fn raw_codes_are_hashed_and_never_printed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = tmp.path().join("raw.jsonl");
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "{{\"event_id\":\"r-{i}\",\"ts\":\"2026-11-22T10:00:0{i}+08:00\",\"kind\":\"redemption\",\"outcome\":\"wrong_pin\",\"card\":{{\"code\":\"KAMI-SECRET-7788\"}},\"account\":{{\"id\":\"u-raw-{i}\"}}}}\n"
+        ));
+    }
+    // a raw code in a line that is otherwise bad must not be echoed either
+    text.push_str("{\"event_id\":\"r-x\",\"ts\":\"KAMI-SECRET-7788\",\"kind\":\"redemption\",\"outcome\":\"success\",\"card\":{\"code\":\"KAMI-SECRET-7788\"},\"account\":{\"id\":\"u\"}}\n");
+    std::fs::write(&events, text).expect("write");
+    let (out, err) = replay(&events, &["--rules".into(), "config/rules/10-guessing.toml".into()], Some(("KAMIGUARD_CODE_KEY", "test-key")));
+    assert!(out.contains("code-shared-by-accounts"), "{out}");
+    assert!(!out.contains("KAMI-SECRET") && !err.contains("KAMI-SECRET"), "{out}\n{err}");
+    let decision: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}")).expect("json");
+    assert_eq!(decision["subject"].as_str().map(str::len), Some(64), "card subject is the HMAC-SHA256 hex");
+    assert!(err.contains("line 5: field `ts`: must be an RFC 3339 timestamp"), "{err}");
+}
+
+#[test]
+fn replay_without_a_code_key_rejects_raw_codes_with_a_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = tmp.path().join("raw.jsonl");
+    std::fs::write(&events, "{\"event_id\":\"r\",\"ts\":\"2026-11-22T10:00:00Z\",\"kind\":\"redemption\",\"outcome\":\"success\",\"card\":{\"code\":\"K-1\"},\"account\":{\"id\":\"u\"}}\n").expect("write");
+    let out = kamiguard()
+        .current_dir(common::root())
+        .args(["replay", "--rules", "config/rules/10-guessing.toml"])
+        .arg(&events)
+        .env_remove("KAMIGUARD_CODE_KEY")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1: `card.code` is present but no code-hash key is configured"), "{err}");
+}
+
+#[test]
+fn replay_refuses_the_geo_rules_without_databases() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = tmp.path().join("e.jsonl");
+    std::fs::write(&events, "").expect("write");
+    let out = kamiguard().current_dir(common::root()).arg("replay").arg(&events).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config/rules/30-geo.toml:4:1: rule `account-takeover` needs the GeoIP2/GeoLite2 City database"), "{err}");
+}
+
+#[test]
+fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
+    let (_dir, config, _) = common::fixture_geo();
+    let geo = geo_args(&config);
+    let out = kamiguard().current_dir(common::root()).args(["test-rules", "tests/scenarios"]).args(&geo).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.trim_end().ends_with("24 passed, 0 failed"), "{stdout}");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(common::root().join("tests/scenarios/bulk-drain-legit/events.jsonl"), tmp.path().join("events.jsonl")).expect("copy");
+    std::fs::write(tmp.path().join("expected.jsonl"), "").expect("write");
+    let out = kamiguard().current_dir(common::root()).arg("test-rules").arg(tmp.path()).args(&geo).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"rule\":\"corporate-bulk-review\""));
+}

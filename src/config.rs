@@ -59,9 +59,14 @@ impl Config {
         })?;
         let mut config = Config::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.rules, &mut config.geo.city, &mut config.geo.asn, &mut config.geo.anonymous]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut config.rules,
+            &mut config.geo.city,
+            &mut config.geo.asn,
+            &mut config.geo.anonymous,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -86,7 +91,8 @@ impl Config {
 
     /// Applies `KAMIGUARD_*` overrides read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        let [rules, city, asn, anonymous] = ENV_OVERRIDES.map(|(var, _)| get(var).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let [rules, city, asn, anonymous] =
+            ENV_OVERRIDES.map(|(var, _)| get(var).filter(|v| !v.is_empty()).map(PathBuf::from));
         self.rules = rules.or(self.rules.take());
         self.geo.city = city.or(self.geo.city.take());
         self.geo.asn = asn.or(self.geo.asn.take());

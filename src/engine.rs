@@ -20,8 +20,8 @@ use crate::event::{format_ts, Event, Kind, Outcome};
 use crate::rules::filter::{human_secs, yuan};
 use crate::rules::{CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
-    key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen, Place,
-    SeenEvents, SlidingSum, StateBudget,
+    key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen,
+    Place, SeenEvents, SlidingSum, StateBudget,
 };
 
 /// Most sample event ids a decision carries.
@@ -132,7 +132,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("rules", &self.rules.version).field("stats", &self.stats()).finish()
+        f.debug_struct("Engine")
+            .field("rules", &self.rules.version)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -167,7 +170,9 @@ impl Engine {
             return Err(EngineError::MissingGeo(need));
         }
         if config.ipv4_prefix_len > 32 || config.ipv6_prefix_len > 128 {
-            return Err(EngineError::Config("ipv4_prefix_len must be 0..=32 and ipv6_prefix_len 0..=128".into()));
+            return Err(EngineError::Config(
+                "ipv4_prefix_len must be 0..=32 and ipv6_prefix_len 0..=128".into(),
+            ));
         }
         let budget = StateBudget::new(config.max_keys);
         let clock = EventClock::default();
@@ -256,7 +261,9 @@ impl Engine {
                 IpAddr::V4(_) => self.config.ipv4_prefix_len,
                 IpAddr::V6(_) => self.config.ipv6_prefix_len,
             };
-            let net = IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip));
+            let net = IpNet::new(ip, len)
+                .map(|n| n.trunc())
+                .unwrap_or_else(|_| IpNet::from(ip));
             (key_of(&net), net)
         });
         Keys {
@@ -310,7 +317,14 @@ impl Engine {
                 || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
     }
 
-    fn evaluate(&self, rule: &CompiledRule, state: &RuleState, e: &Event, keys: &Keys, facts: &Facts) -> Option<Decision> {
+    fn evaluate(
+        &self,
+        rule: &CompiledRule,
+        state: &RuleState,
+        e: &Event,
+        keys: &Keys,
+        facts: &Facts,
+    ) -> Option<Decision> {
         match (&rule.kind, state) {
             (
                 CompiledKind::Threshold {
@@ -336,7 +350,8 @@ impl Engine {
                         Some(v) => w.distinct.add(v, e.ts_ms, *window_ms, cap),
                         None => w.sum.add(bucket, amount),
                     };
-                    let samples = (value >= *threshold).then(|| w.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+                    let samples =
+                        (value >= *threshold).then(|| w.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>());
                     if w.samples.len() == MAX_SAMPLES {
                         w.samples.pop_front();
                     }
@@ -429,7 +444,13 @@ impl Engine {
     ) -> Option<Decision> {
         let subject = subject(rule.scope, e, keys, facts)?;
         let until_ms = rule.duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
-        if !self.book.admit(rule.scope, &subject, rule.mode, &rule.id, rule.action, until_ms, e.ts_ms) {
+        if !self.book.admit(
+            (rule.scope, &subject, rule.mode),
+            &rule.id,
+            rule.action,
+            until_ms,
+            e.ts_ms,
+        ) {
             return None;
         }
         if let Value::Object(map) = &mut evidence {
@@ -500,13 +521,19 @@ impl Engine {
         let now = self.clock.now_ms();
         let next = self.next_sweep_ms.load(Ordering::Acquire);
         if next == i64::MIN {
-            self.next_sweep_ms.store(now + self.config.sweep_every_secs as i64 * 1000, Ordering::Release);
+            self.next_sweep_ms
+                .store(now + self.config.sweep_every_secs as i64 * 1000, Ordering::Release);
             return;
         }
         if now < next
             || self
                 .next_sweep_ms
-                .compare_exchange(next, now + self.config.sweep_every_secs as i64 * 1000, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    next,
+                    now + self.config.sweep_every_secs as i64 * 1000,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_err()
         {
             return;
@@ -520,7 +547,9 @@ impl Engine {
         let mut evicted = 0;
         for (rule, state) in self.rules.rules.iter().zip(&self.states) {
             evicted += match (state, &rule.kind) {
-                (RuleState::Windows(store), CompiledKind::Threshold { window_ms, .. }) => store.evict_idle(now - window_ms - lateness),
+                (RuleState::Windows(store), CompiledKind::Threshold { window_ms, .. }) => {
+                    store.evict_idle(now - window_ms - lateness)
+                }
                 (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
                 _ => 0,
             };
@@ -542,8 +571,17 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
     match rule.kind {
         CompiledKind::Threshold { .. } => RuleState::Windows(KeyedStore::new(budget.clone())),
         CompiledKind::Quota {
-            limit, period_secs, burst, ..
-        } => RuleState::Quota(KeyedQuota::new(limit, period_secs, burst, clock.clone(), budget.clone())),
+            limit,
+            period_secs,
+            burst,
+            ..
+        } => RuleState::Quota(KeyedQuota::new(
+            limit,
+            period_secs,
+            burst,
+            clock.clone(),
+            budget.clone(),
+        )),
         CompiledKind::Match => RuleState::Stateless,
     }
 }

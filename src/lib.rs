@@ -22,12 +22,12 @@
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`config`]: the service configuration file.
 
-pub mod event;
-pub mod enrich;
-pub mod state;
-pub mod rules;
-pub mod engine;
-pub mod decision;
-pub mod pipeline;
-pub mod scenario;
 pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod enrich;
+pub mod event;
+pub mod pipeline;
+pub mod rules;
+pub mod scenario;
+pub mod state;

@@ -21,7 +21,11 @@ use kamiguard::scenario::{run_scenario, scenario_dirs};
 const DEFAULT_RULES: &str = "config/rules";
 
 #[derive(Parser)]
-#[command(name = "kamiguard", version, about = "Real-time abuse detection for gift-card codes.")]
+#[command(
+    name = "kamiguard",
+    version,
+    about = "Real-time abuse detection for gift-card codes."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +49,18 @@ enum Command {
         path: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+    /// Write generated attempt traffic (honest with attacks mixed in) as JSON lines.
+    Generate {
+        /// How many events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Seed; the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Events per second of event time.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
     },
     /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
     TestRules {
@@ -137,6 +153,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { events, out, common } => replay(&events, out.as_deref(), &common),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
+        Command::Generate { events, seed, rate } => {
+            let text = kamiguard::pipeline::generate::generate(events, seed, rate);
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -158,13 +179,20 @@ fn replay(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<
         bar
     });
     let mut summary = ReplaySummary::default();
-    let parsed = read_events(BufReader::with_capacity(1 << 20, file), &hasher, &mut summary, progress.as_ref())
-        .with_context(|| format!("cannot read {}", events.display()))?;
+    let parsed = read_events(
+        BufReader::with_capacity(1 << 20, file),
+        &hasher,
+        &mut summary,
+        progress.as_ref(),
+    )
+    .with_context(|| format!("cannot read {}", events.display()))?;
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
     let sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        Some(path) => {
+            Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sink = BufWriter::with_capacity(1 << 16, sink);
@@ -195,14 +223,22 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     match load_rules(path, available) {
         Ok(set) => {
             for r in &set.rules {
-                println!("{:<32} {:<10} {:<9} {}", r.id, r.action.as_str(), r.mode.as_str(), r.version);
+                println!(
+                    "{:<32} {:<10} {:<9} {}",
+                    r.id,
+                    r.action.as_str(),
+                    r.mode.as_str(),
+                    r.version
+                );
             }
             for id in &set.disabled {
                 println!("{id:<32} (disabled)");
             }
             println!("{} rules ok, rule set version {}", set.rules.len(), set.version);
             if !common.geo_given() {
-                println!("note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them");
+                println!(
+                    "note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -238,5 +274,9 @@ fn test_rules(dir: &Path, common: &Common) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -75,8 +75,16 @@ pub fn scenario_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Runs one scenario folder.
-pub fn run_scenario(dir: &Path, default_rules: Option<&Arc<RuleSet>>, geo: &Arc<GeoDatabases>, config: &EngineConfig, hasher: &CodeHasher) -> ScenarioReport {
-    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+pub fn run_scenario(
+    dir: &Path,
+    default_rules: Option<&Arc<RuleSet>>,
+    geo: &Arc<GeoDatabases>,
+    config: &EngineConfig,
+    hasher: &CodeHasher,
+) -> ScenarioReport {
+    let name = dir
+        .file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut report = ScenarioReport {
         name,
         errors: Vec::new(),
@@ -96,7 +104,9 @@ pub fn run_scenario(dir: &Path, default_rules: Option<&Arc<RuleSet>>, geo: &Arc<
     } else if let Some(r) = default_rules {
         r.clone()
     } else {
-        report.errors.push("no rules.toml in the folder and no --rules given".into());
+        report
+            .errors
+            .push("no rules.toml in the folder and no --rules given".into());
         return report;
     };
     let engine = match Engine::new(rules, geo.clone(), config.clone()) {
@@ -129,7 +139,10 @@ pub fn run_scenario(dir: &Path, default_rules: Option<&Arc<RuleSet>>, geo: &Arc<
         report.errors.push(format!("events.jsonl line {line}: {message}"));
     }
     report.decisions = produced.len();
-    let produced: Vec<Value> = produced.iter().map(|d| serde_json::to_value(d).unwrap_or(Value::Null)).collect();
+    let produced: Vec<Value> = produced
+        .iter()
+        .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
+        .collect();
     let mut used = vec![false; produced.len()];
     for want in expected {
         let hit = produced
@@ -162,7 +175,13 @@ fn read_expected(path: &Path) -> Result<Vec<Map<String, Value>>, String> {
         }
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(m)) => out.push(m),
-            _ => return Err(format!("{}:{}: expected one JSON object per line", path.display(), i + 1)),
+            _ => {
+                return Err(format!(
+                    "{}:{}: expected one JSON object per line",
+                    path.display(),
+                    i + 1
+                ))
+            }
         }
     }
     Ok(out)

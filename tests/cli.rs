@@ -8,7 +8,11 @@ use common::kamiguard;
 
 fn geo_args(config: &kamiguard::enrich::GeoConfig) -> Vec<String> {
     let mut args = Vec::new();
-    for (flag, path) in [("--city", &config.city), ("--asn", &config.asn), ("--anonymous", &config.anonymous)] {
+    for (flag, path) in [
+        ("--city", &config.city),
+        ("--asn", &config.asn),
+        ("--anonymous", &config.anonymous),
+    ] {
         if let Some(p) = path {
             args.push(flag.to_string());
             args.push(p.display().to_string());
@@ -54,7 +58,10 @@ score = 1
         format!("{a}:14:1: unknown field `filtre`, expected one of `id`, `description`, `kind`, `enabled`, `filter`, `group_by`, `aggregate`, `distinct_of`, `window_secs`, `threshold`, `limit`, `period_secs`, `burst`, `noun`, `action`, `scope`, `duration_secs`, `score`, `mode`, `allow`"),
         format!("{b}:2:6: rule id `x` is already used at {a}:2:6"),
     ];
-    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -64,7 +71,13 @@ fn check_rules_rejects_a_geo_rule_without_its_database() {
     std::fs::write(&file, "[[rule]]\nid = \"far\"\nkind = \"match\"\nfilter = { ip_country = [\"US\"] }\naction = \"review\"\nscore = 10\n").expect("write");
     let empty_config = dir.path().join("kamiguard.toml");
     std::fs::write(&empty_config, "").expect("write");
-    let out = kamiguard().arg("check-rules").arg(&file).arg("--config").arg(&empty_config).output().expect("run");
+    let out = kamiguard()
+        .arg("check-rules")
+        .arg(&file)
+        .arg("--config")
+        .arg(&empty_config)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -77,7 +90,11 @@ fn check_rules_rejects_a_geo_rule_without_its_database() {
 
 #[test]
 fn shipped_rules_pass_check_rules() {
-    let out = kamiguard().current_dir(common::root()).args(["check-rules", "config/rules"]).output().expect("run");
+    let out = kamiguard()
+        .current_dir(common::root())
+        .args(["check-rules", "config/rules"])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("13 rules ok"));
 }
@@ -90,7 +107,10 @@ fn replay(events: &Path, geo: &[String], extra_env: Option<(&str, &str)>) -> (St
     }
     let out = cmd.output().expect("run replay");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8(out.stdout).expect("utf-8"), String::from_utf8(out.stderr).expect("utf-8"))
+    (
+        String::from_utf8(out.stdout).expect("utf-8"),
+        String::from_utf8(out.stderr).expect("utf-8"),
+    )
 }
 
 fn without_decided_at(jsonl: &str) -> Vec<serde_json::Value> {
@@ -111,7 +131,10 @@ fn replay_is_deterministic_reports_bad_lines_and_orders_by_event_time() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut all = String::new();
     for case in ["single-ip-guessing", "account-takeover", "device-farm"] {
-        all.push_str(&std::fs::read_to_string(common::root().join("tests/scenarios").join(case).join("events.jsonl")).expect("read"));
+        all.push_str(
+            &std::fs::read_to_string(common::root().join("tests/scenarios").join(case).join("events.jsonl"))
+                .expect("read"),
+        );
     }
     let mut lines: Vec<&str> = all.lines().collect();
     lines.insert(3, "{\"event_id\":\"x\"}");
@@ -129,7 +152,10 @@ fn replay_is_deterministic_reports_bad_lines_and_orders_by_event_time() {
     let (out3, _) = replay(&backward, &geo, None);
     assert_eq!(without_decided_at(&out1), without_decided_at(&out2));
     assert_eq!(without_decided_at(&out1), without_decided_at(&out3));
-    let rules: Vec<String> = without_decided_at(&out1).iter().map(|d| d["rule"].as_str().unwrap_or("").to_string()).collect();
+    let rules: Vec<String> = without_decided_at(&out1)
+        .iter()
+        .map(|d| d["rule"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(rules, ["account-takeover", "single-ip-guessing", "device-farm"]);
     assert!(err1.contains("line 4: missing required field `ts`"), "{err1}");
     assert!(err1.contains("line 8: message is not a valid JSON object"), "{err1}");
@@ -150,12 +176,26 @@ fn raw_codes_are_hashed_and_never_printed() {
     // a raw code in a line that is otherwise bad must not be echoed either
     text.push_str("{\"event_id\":\"r-x\",\"ts\":\"KAMI-SECRET-7788\",\"kind\":\"redemption\",\"outcome\":\"success\",\"card\":{\"code\":\"KAMI-SECRET-7788\"},\"account\":{\"id\":\"u\"}}\n");
     std::fs::write(&events, text).expect("write");
-    let (out, err) = replay(&events, &["--rules".into(), "config/rules/10-guessing.toml".into()], Some(("KAMIGUARD_CODE_KEY", "test-key")));
+    let (out, err) = replay(
+        &events,
+        &["--rules".into(), "config/rules/10-guessing.toml".into()],
+        Some(("KAMIGUARD_CODE_KEY", "test-key")),
+    );
     assert!(out.contains("code-shared-by-accounts"), "{out}");
-    assert!(!out.contains("KAMI-SECRET") && !err.contains("KAMI-SECRET"), "{out}\n{err}");
+    assert!(
+        !out.contains("KAMI-SECRET") && !err.contains("KAMI-SECRET"),
+        "{out}\n{err}"
+    );
     let decision: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}")).expect("json");
-    assert_eq!(decision["subject"].as_str().map(str::len), Some(64), "card subject is the HMAC-SHA256 hex");
-    assert!(err.contains("line 5: field `ts`: must be an RFC 3339 timestamp"), "{err}");
+    assert_eq!(
+        decision["subject"].as_str().map(str::len),
+        Some(64),
+        "card subject is the HMAC-SHA256 hex"
+    );
+    assert!(
+        err.contains("line 5: field `ts`: must be an RFC 3339 timestamp"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -171,7 +211,10 @@ fn replay_without_a_code_key_rejects_raw_codes_with_a_reason() {
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 1: `card.code` is present but no code-hash key is configured"), "{err}");
+    assert!(
+        err.contains("line 1: `card.code` is present but no code-hash key is configured"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -179,25 +222,48 @@ fn replay_refuses_the_geo_rules_without_databases() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let events = tmp.path().join("e.jsonl");
     std::fs::write(&events, "").expect("write");
-    let out = kamiguard().current_dir(common::root()).arg("replay").arg(&events).output().expect("run");
+    let out = kamiguard()
+        .current_dir(common::root())
+        .arg("replay")
+        .arg(&events)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config/rules/30-geo.toml:4:1: rule `account-takeover` needs the GeoIP2/GeoLite2 City database"), "{err}");
+    assert!(
+        err.contains("config/rules/30-geo.toml:4:1: rule `account-takeover` needs the GeoIP2/GeoLite2 City database"),
+        "{err}"
+    );
 }
 
 #[test]
 fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
     let (_dir, config, _) = common::fixture_geo();
     let geo = geo_args(&config);
-    let out = kamiguard().current_dir(common::root()).args(["test-rules", "tests/scenarios"]).args(&geo).output().expect("run");
+    let out = kamiguard()
+        .current_dir(common::root())
+        .args(["test-rules", "tests/scenarios"])
+        .args(&geo)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.trim_end().ends_with("24 passed, 0 failed"), "{stdout}");
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(common::root().join("tests/scenarios/bulk-drain-legit/events.jsonl"), tmp.path().join("events.jsonl")).expect("copy");
+    std::fs::copy(
+        common::root().join("tests/scenarios/bulk-drain-legit/events.jsonl"),
+        tmp.path().join("events.jsonl"),
+    )
+    .expect("copy");
     std::fs::write(tmp.path().join("expected.jsonl"), "").expect("write");
-    let out = kamiguard().current_dir(common::root()).arg("test-rules").arg(tmp.path()).args(&geo).output().expect("run");
+    let out = kamiguard()
+        .current_dir(common::root())
+        .arg("test-rules")
+        .arg(tmp.path())
+        .args(&geo)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"rule\":\"corporate-bulk-review\""));
 }

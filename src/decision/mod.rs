@@ -45,9 +45,23 @@ impl Decision {
 
 /// The id of an episode: the same rule, version, subject and trigger always
 /// give the same id, so a replayed or redelivered decision is recognisable.
-pub fn decision_id(rule: &str, version: &str, scope: KeyName, subject: &str, trigger_ts_ms: i64, trigger_event_id: &str) -> String {
+pub fn decision_id(
+    rule: &str,
+    version: &str,
+    scope: KeyName,
+    subject: &str,
+    trigger_ts_ms: i64,
+    trigger_event_id: &str,
+) -> String {
     let mut h = Sha256::new();
-    for part in [rule, version, scope.as_str(), subject, &trigger_ts_ms.to_string(), trigger_event_id] {
+    for part in [
+        rule,
+        version,
+        scope.as_str(),
+        subject,
+        &trigger_ts_ms.to_string(),
+        trigger_event_id,
+    ] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -91,21 +105,35 @@ impl DecisionBook {
     /// if so it is booked. While a decision is active the same rule does not
     /// publish again; a stronger action, or the same action lasting longer
     /// from another rule, does.
-    pub fn admit(&self, scope: KeyName, subject: &str, mode: Mode, rule: &Arc<str>, action: Action, until_ms: i64, now_ms: i64) -> bool {
+    pub fn admit(
+        &self,
+        (scope, subject, mode): (KeyName, &str, Mode),
+        rule: &Arc<str>,
+        action: Action,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> bool {
         let fresh = || Active {
             action,
             until_ms,
             rule: rule.clone(),
         };
-        let verdict = self.active.with(Self::key(scope, subject, mode), || Active { until_ms: i64::MIN, ..fresh() }, |a| {
-            let publish = a.until_ms <= now_ms
-                || action.strength() > a.action.strength()
-                || (action.strength() == a.action.strength() && until_ms > a.until_ms && a.rule != *rule);
-            if publish {
-                *a = fresh();
-            }
-            publish
-        });
+        let verdict = self.active.with(
+            Self::key(scope, subject, mode),
+            || Active {
+                until_ms: i64::MIN,
+                ..fresh()
+            },
+            |a| {
+                let publish = a.until_ms <= now_ms
+                    || action.strength() > a.action.strength()
+                    || (action.strength() == a.action.strength() && until_ms > a.until_ms && a.rule != *rule);
+                if publish {
+                    *a = fresh();
+                }
+                publish
+            },
+        );
         // At the key cap the book cannot remember; publishing again later is
         // the safe side (the same id comes back for the same trigger).
         verdict.unwrap_or(true)
@@ -113,9 +141,17 @@ impl DecisionBook {
 
     /// Lifts the decision on a subject (an admin release).
     pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) {
-        self.active.with(Self::key(scope, subject, mode), || Active { action: Action::Release, until_ms: now_ms, rule: "".into() }, |a| {
-            a.until_ms = now_ms;
-        });
+        self.active.with(
+            Self::key(scope, subject, mode),
+            || Active {
+                action: Action::Release,
+                until_ms: now_ms,
+                rule: "".into(),
+            },
+            |a| {
+                a.until_ms = now_ms;
+            },
+        );
     }
 
     /// Drops decisions that have lapsed by `now_ms`.
@@ -149,12 +185,36 @@ mod tests {
         let book = DecisionBook::new(StateBudget::new(100));
         let r1: Arc<str> = "r1".into();
         let r2: Arc<str> = "r2".into();
-        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 1000, 0));
-        assert!(!book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 2000, 10), "same rule while active");
-        assert!(!book.admit(KeyName::Account, "u", Mode::Enforce, &r2, Action::Review, 5000, 10), "weaker action");
-        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r2, Action::Challenge, 5000, 10), "same action, later until");
-        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Freeze, 3000, 20), "stronger action");
-        assert!(book.admit(KeyName::Account, "u", Mode::Shadow, &r1, Action::Challenge, 3000, 20), "shadow is booked apart");
-        assert!(book.admit(KeyName::Account, "u", Mode::Enforce, &r1, Action::Challenge, 9000, 3000), "lapsed");
+        assert!(book.admit((KeyName::Account, "u", Mode::Enforce), &r1, Action::Challenge, 1000, 0));
+        assert!(
+            !book.admit((KeyName::Account, "u", Mode::Enforce), &r1, Action::Challenge, 2000, 10),
+            "same rule while active"
+        );
+        assert!(
+            !book.admit((KeyName::Account, "u", Mode::Enforce), &r2, Action::Review, 5000, 10),
+            "weaker action"
+        );
+        assert!(
+            book.admit((KeyName::Account, "u", Mode::Enforce), &r2, Action::Challenge, 5000, 10),
+            "same action, later until"
+        );
+        assert!(
+            book.admit((KeyName::Account, "u", Mode::Enforce), &r1, Action::Freeze, 3000, 20),
+            "stronger action"
+        );
+        assert!(
+            book.admit((KeyName::Account, "u", Mode::Shadow), &r1, Action::Challenge, 3000, 20),
+            "shadow is booked apart"
+        );
+        assert!(
+            book.admit(
+                (KeyName::Account, "u", Mode::Enforce),
+                &r1,
+                Action::Challenge,
+                9000,
+                3000
+            ),
+            "lapsed"
+        );
     }
 }

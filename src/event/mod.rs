@@ -169,7 +169,9 @@ pub enum EventError {
     WrongType { field: String, expected: String },
     #[error("field `{field}`: {problem}")]
     Invalid { field: String, problem: String },
-    #[error("`card.code` is present but no code-hash key is configured (set {CODE_KEY_ENV} or code_key in the config)")]
+    #[error(
+        "`card.code` is present but no code-hash key is configured (set {CODE_KEY_ENV} or code_key in the config)"
+    )]
     NoCodeKey,
 }
 
@@ -353,7 +355,12 @@ fn validate(raw: RawEvent<'_>, hasher: &CodeHasher) -> Result<Event, EventError>
     };
     let currency = match &raw.card.currency {
         Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.as_ref().into()),
-        Some(_) => return Err(EventError::invalid("card.currency", "must be three upper-case letters (ISO 4217)")),
+        Some(_) => {
+            return Err(EventError::invalid(
+                "card.currency",
+                "must be three upper-case letters (ISO 4217)",
+            ))
+        }
         None => None,
     };
     if raw.card.face_value.is_some_and(|v| v > 1_000_000_000_000) {
@@ -369,22 +376,23 @@ fn validate(raw: RawEvent<'_>, hasher: &CodeHasher) -> Result<Event, EventError>
         bound_account: optional_bounded("card.bound_account", raw.card.bound_account.as_deref(), 128)?,
     };
 
-    let account = Account {
-        id: bounded("account.id", &raw.account.id, 128)?,
-        created_at_ms: raw
-            .account
-            .created_at
-            .as_deref()
-            .map(|ts| parse_ts("account.created_at", ts))
-            .transpose()?,
-        verified: raw.account.verified,
-        country: match raw.account.country.as_deref() {
-            Some(c) => Some(Country::parse(c).ok_or_else(|| {
-                EventError::invalid("account.country", "must be two letters (ISO 3166-1 alpha-2)")
-            })?),
-            None => None,
-        },
-    };
+    let account =
+        Account {
+            id: bounded("account.id", &raw.account.id, 128)?,
+            created_at_ms: raw
+                .account
+                .created_at
+                .as_deref()
+                .map(|ts| parse_ts("account.created_at", ts))
+                .transpose()?,
+            verified: raw.account.verified,
+            country: match raw.account.country.as_deref() {
+                Some(c) => Some(Country::parse(c).ok_or_else(|| {
+                    EventError::invalid("account.country", "must be two letters (ISO 3166-1 alpha-2)")
+                })?),
+                None => None,
+            },
+        };
 
     let device = match raw.device {
         Some(d) => Device {
@@ -434,9 +442,8 @@ pub fn parse_ts_ms(text: &str) -> Option<i64> {
 }
 
 fn parse_ts(field: &str, text: &str) -> Result<i64, EventError> {
-    parse_ts_ms(text).ok_or_else(|| {
-        EventError::invalid(field, "must be an RFC 3339 timestamp with offset between 2000 and 2100")
-    })
+    parse_ts_ms(text)
+        .ok_or_else(|| EventError::invalid(field, "must be an RFC 3339 timestamp with offset between 2000 and 2100"))
 }
 
 /// Parses an address; an IPv4-mapped IPv6 address becomes the IPv4 address, so

@@ -27,19 +27,67 @@ fn the_contract_example_parses() {
 #[test]
 fn errors_name_the_field_and_never_echo_the_value() {
     let cases = [
-        (with("\"event_id\":\"a-000017\",", ""), "missing required field `event_id`"),
-        (with("\"id\":\"u-88123\"", "\"id\":\"\""), "field `account.id`: must be 1 to 128 characters"),
-        (with("\"kind\":\"redemption\"", "\"kind\":\"SECRET-KIND\""), "field `kind`: not one of the allowed values"),
-        (with("\"verified\":false", "\"verified\":\"SECRET\""), "field `account.verified` has the wrong type, expected a boolean"),
-        (with("\"ip\":\"175.16.199.7\"", "\"ip\":\"SECRET.1\""), "field `ip`: not an IPv4 or IPv6 address"),
-        (with("\"ts\":\"2026-11-22T10:15:03.120+08:00\"", "\"ts\":\"3026-11-22T10:15:03Z\""), "field `ts`: must be an RFC 3339 timestamp with offset between 2000 and 2100"),
-        (with("\"ts\":\"2026-11-22T10:15:03.120+08:00\"", "\"ts\":\"2026-11-22 10:15\""), "field `ts`: must be an RFC 3339 timestamp with offset between 2000 and 2100"),
-        (with("\"code_hash\":\"9f2c41e0b7d3\"", "\"code_hash\":\"SECRETzz\""), "field `card.code_hash`: must be 8 to 128 hexadecimal characters"),
-        (with("\"code_hash\":\"9f2c41e0b7d3\"", "\"brand\":\"jd\""), "missing required field `card.code_hash`"),
-        (with("\"country\":\"CN\"", "\"country\":\"CHN\""), "field `account.country`: must be two letters (ISO 3166-1 alpha-2)"),
-        (with("\"code_hash\":\"9f2c41e0b7d3\"", "\"code_hash\":\"9f2c41e0b7d3\",\"face_value\":-5"), "field `card.face_value`: value out of range"),
-        ("[1,2]".to_string(), "message is not a valid JSON object (the top level is not an object)"),
-        ("{\"event_id\":".to_string(), "message is not a valid JSON object (syntax error at line 1 column 12)"),
+        (
+            with("\"event_id\":\"a-000017\",", ""),
+            "missing required field `event_id`",
+        ),
+        (
+            with("\"id\":\"u-88123\"", "\"id\":\"\""),
+            "field `account.id`: must be 1 to 128 characters",
+        ),
+        (
+            with("\"kind\":\"redemption\"", "\"kind\":\"SECRET-KIND\""),
+            "field `kind`: not one of the allowed values",
+        ),
+        (
+            with("\"verified\":false", "\"verified\":\"SECRET\""),
+            "field `account.verified` has the wrong type, expected a boolean",
+        ),
+        (
+            with("\"ip\":\"175.16.199.7\"", "\"ip\":\"SECRET.1\""),
+            "field `ip`: not an IPv4 or IPv6 address",
+        ),
+        (
+            with(
+                "\"ts\":\"2026-11-22T10:15:03.120+08:00\"",
+                "\"ts\":\"3026-11-22T10:15:03Z\"",
+            ),
+            "field `ts`: must be an RFC 3339 timestamp with offset between 2000 and 2100",
+        ),
+        (
+            with(
+                "\"ts\":\"2026-11-22T10:15:03.120+08:00\"",
+                "\"ts\":\"2026-11-22 10:15\"",
+            ),
+            "field `ts`: must be an RFC 3339 timestamp with offset between 2000 and 2100",
+        ),
+        (
+            with("\"code_hash\":\"9f2c41e0b7d3\"", "\"code_hash\":\"SECRETzz\""),
+            "field `card.code_hash`: must be 8 to 128 hexadecimal characters",
+        ),
+        (
+            with("\"code_hash\":\"9f2c41e0b7d3\"", "\"brand\":\"jd\""),
+            "missing required field `card.code_hash`",
+        ),
+        (
+            with("\"country\":\"CN\"", "\"country\":\"CHN\""),
+            "field `account.country`: must be two letters (ISO 3166-1 alpha-2)",
+        ),
+        (
+            with(
+                "\"code_hash\":\"9f2c41e0b7d3\"",
+                "\"code_hash\":\"9f2c41e0b7d3\",\"face_value\":-5",
+            ),
+            "field `card.face_value`: value out of range",
+        ),
+        (
+            "[1,2]".to_string(),
+            "message is not a valid JSON object (the top level is not an object)",
+        ),
+        (
+            "{\"event_id\":".to_string(),
+            "message is not a valid JSON object (syntax error at line 1 column 12)",
+        ),
     ];
     for (input, message) in cases {
         let err = parse_str(&input).expect_err(&input);
@@ -56,20 +104,35 @@ fn raw_codes_are_hashed_with_the_key_and_dropped() {
     assert_eq!(a.card.code_hash.len(), 64);
     assert_ne!(a.card.code_hash, b.card.code_hash, "the key changes the hash");
     assert!(!format!("{a:?}").contains("KAMI-1234"));
-    assert_eq!(parse(input.as_bytes(), &CodeHasher::without_key()), Err(EventError::NoCodeKey));
+    assert_eq!(
+        parse(input.as_bytes(), &CodeHasher::without_key()),
+        Err(EventError::NoCodeKey)
+    );
 }
 
 #[test]
 fn hostile_bytes_are_refused_not_panicked_on() {
     let hasher = CodeHasher::with_key(b"k");
-    assert_eq!(parse(&[0xff, 0xfe, b'{'], &hasher).map_err(|e| e.reason()), Err("not_utf8"));
+    assert_eq!(
+        parse(&[0xff, 0xfe, b'{'], &hasher).map_err(|e| e.reason()),
+        Err("not_utf8")
+    );
     let deep = format!("{{\"extra\":{}", "[".repeat(10_000));
     let err = parse(deep.as_bytes(), &hasher).expect_err("deep nesting");
     assert_eq!(err.reason(), "not_json", "{err}");
     let huge = format!("{{\"event_id\":\"{}\"}}", "x".repeat(MAX_EVENT_BYTES));
-    assert_eq!(parse(huge.as_bytes(), &hasher).map_err(|e| e.reason()), Err("too_large"));
-    let long_id = with("\"event_id\":\"a-000017\"", &format!("\"event_id\":\"{}\"", "x".repeat(129)));
-    assert_eq!(parse(long_id.as_bytes(), &hasher).map_err(|e| e.reason()), Err("invalid_value"));
+    assert_eq!(
+        parse(huge.as_bytes(), &hasher).map_err(|e| e.reason()),
+        Err("too_large")
+    );
+    let long_id = with(
+        "\"event_id\":\"a-000017\"",
+        &format!("\"event_id\":\"{}\"", "x".repeat(129)),
+    );
+    assert_eq!(
+        parse(long_id.as_bytes(), &hasher).map_err(|e| e.reason()),
+        Err("invalid_value")
+    );
 }
 
 #[test]

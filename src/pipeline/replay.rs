@@ -72,7 +72,12 @@ impl ReplaySummary {
 }
 
 /// Parses every line of `input`; returns the events in event-time order.
-pub fn read_events(input: impl BufRead, hasher: &CodeHasher, summary: &mut ReplaySummary, progress: Option<&ProgressBar>) -> io::Result<Vec<Event>> {
+pub fn read_events(
+    input: impl BufRead,
+    hasher: &CodeHasher,
+    summary: &mut ReplaySummary,
+    progress: Option<&ProgressBar>,
+) -> io::Result<Vec<Event>> {
     let mut events: Vec<Event> = Vec::new();
     let mut line_no = 0u64;
     let mut input = input;
@@ -128,7 +133,10 @@ pub fn run_events(
             d.stamp(now());
             serde_json::to_writer(&mut *out, &d)?;
             out.write_all(b"\n")?;
-            *summary.decisions.entry((d.rule.to_string(), d.action.as_str().to_string())).or_default() += 1;
+            *summary
+                .decisions
+                .entry((d.rule.to_string(), d.action.as_str().to_string()))
+                .or_default() += 1;
             all.push(d);
         }
     }

@@ -110,7 +110,12 @@ fn rule_version(spec: &RuleSpec) -> Arc<str> {
 }
 
 /// Compiles one rule; on failure the errors are in `errs` and `None` returns.
-pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNeeds, errs: &mut Located) -> Option<CompiledRule> {
+pub(crate) fn compile_rule(
+    spec: &RuleSpec,
+    table_start: usize,
+    available: GeoNeeds,
+    errs: &mut Located,
+) -> Option<CompiledRule> {
     let before = errs.len();
     let id = spec.id.get_ref();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -218,7 +223,10 @@ pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNe
             };
             if let (Some(CompiledAggregate::Distinct(_)), Some(t)) = (aggregate, &spec.threshold) {
                 if *t.get_ref() > 10_000 {
-                    errs.at(t, "a distinct `threshold` must be at most 10000 (memory per key grows with it)".into());
+                    errs.at(
+                        t,
+                        "a distinct `threshold` must be at most 10000 (memory per key grows with it)".into(),
+                    );
                 }
             }
             match (group_by, aggregate, window, threshold) {
@@ -285,14 +293,23 @@ pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNe
     };
     let action = *spec.action.get_ref();
     match action {
-        Action::Release => errs.at(&spec.action, "a rule cannot `release`; releases come from the admin API".into()),
+        Action::Release => errs.at(
+            &spec.action,
+            "a rule cannot `release`; releases come from the admin API".into(),
+        ),
         Action::Freeze if !matches!(scope, KeyName::Card | KeyName::Account) => errs.at(
             &spec.action,
-            format!("`freeze` applies to a card or an account, not to scope `{}`; use `block`", scope.as_str()),
+            format!(
+                "`freeze` applies to a card or an account, not to scope `{}`; use `block`",
+                scope.as_str()
+            ),
         ),
         Action::Block if matches!(scope, KeyName::Card | KeyName::Account) => errs.at(
             &spec.action,
-            format!("`block` applies to an ip, prefix, device or asn, not to scope `{}`; use `freeze`", scope.as_str()),
+            format!(
+                "`block` applies to an ip, prefix, device or asn, not to scope `{}`; use `freeze`",
+                scope.as_str()
+            ),
         ),
         _ => {}
     }
@@ -308,7 +325,10 @@ pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNe
     for cidr in &spec.allow.cidrs {
         match parse_cidr(cidr.get_ref()) {
             Some(net) => allow.cidrs.push(net),
-            None => errs.at(cidr, "not an address range like \"10.0.0.0/8\" or \"2001:db8::/32\"".into()),
+            None => errs.at(
+                cidr,
+                "not an address range like \"10.0.0.0/8\" or \"2001:db8::/32\"".into(),
+            ),
         }
     }
 
@@ -332,7 +352,10 @@ pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNe
         filter: filter?,
         action,
         scope,
-        duration_ms: spec.duration_secs.filter(|d| *d > 0).map(|d| d.min(10 * 365 * 86_400) as i64 * 1000),
+        duration_ms: spec
+            .duration_secs
+            .filter(|d| *d > 0)
+            .map(|d| d.min(10 * 365 * 86_400) as i64 * 1000),
         score: (*spec.score.get_ref()).min(100) as u8,
         mode: spec.mode,
         noun,
@@ -349,7 +372,12 @@ pub(crate) fn compile_rule(spec: &RuleSpec, table_start: usize, available: GeoNe
     for (needed, have, name, key) in [
         (rule.geo_needs.city, available.city, "City", "geo.city"),
         (rule.geo_needs.asn, available.asn, "ASN", "geo.asn"),
-        (rule.geo_needs.anonymous, available.anonymous, "Anonymous-IP", "geo.anonymous"),
+        (
+            rule.geo_needs.anonymous,
+            available.anonymous,
+            "Anonymous-IP",
+            "geo.anonymous",
+        ),
     ] {
         if needed && !have {
             errs.at_offset(
@@ -396,7 +424,11 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
                 n,
                 format!(
                     "unknown network flag, expected one of {}",
-                    NetworkFlags::NAMES.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    NetworkFlags::NAMES
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
         }
@@ -431,4 +463,3 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
     };
     (errs.len() == before).then_some(filter)
 }
-

@@ -25,7 +25,16 @@ fn bit<T: Copy + Eq>(all: &[T], v: T) -> u32 {
 pub(crate) const KINDS: [crate::event::Kind; 2] = [crate::event::Kind::Activation, crate::event::Kind::Redemption];
 pub(crate) const OUTCOMES: [crate::event::Outcome; 8] = {
     use crate::event::Outcome::*;
-    [Success, InvalidCode, WrongPin, Expired, AlreadyUsed, Frozen, Blocked, Error]
+    [
+        Success,
+        InvalidCode,
+        WrongPin,
+        Expired,
+        AlreadyUsed,
+        Frozen,
+        Blocked,
+        Error,
+    ]
 };
 pub(crate) const CARD_TYPES: [crate::event::CardType; 6] = {
     use crate::event::CardType::*;
@@ -143,7 +152,10 @@ impl Filter {
             said.push(format!("face value {} (at least {})", yuan(v), yuan(min)));
             ev.insert("face_value_fen".into(), json!(v));
         }
-        if let Some(age) = f.account_age_ms.filter(|_| self.max_account_age_ms.is_some() || self.min_account_age_ms.is_some()) {
+        if let Some(age) = f
+            .account_age_ms
+            .filter(|_| self.max_account_age_ms.is_some() || self.min_account_age_ms.is_some())
+        {
             said.push(format!("account {} old", human_secs(age / 1000)));
             ev.insert("account_age_secs".into(), json!(age / 1000));
         }
@@ -182,7 +194,10 @@ impl Filter {
             said.push("card activated to a different account".into());
             ev.insert("bound_to_other_account".into(), json!(true));
         }
-        if let Some(d) = f.distance_km.filter(|_| self.min_distance_km.is_some() || self.min_speed_kmh.is_some()) {
+        if let Some(d) = f
+            .distance_km
+            .filter(|_| self.min_distance_km.is_some() || self.min_speed_kmh.is_some())
+        {
             said.push(format!("{d:.0} km from the account's last place"));
             ev.insert("distance_km".into(), json!(d.round()));
         }

@@ -28,7 +28,14 @@ pub struct RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
@@ -209,13 +216,24 @@ pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Re
             let id = spec.id.get_ref().clone();
             let (line, column) = line_column(src, spec.id.span().start);
             if let Some((_, f, l, c)) = seen_ids.iter().find(|(other, ..)| *other == id) {
-                errs.at(&spec.id, format!("rule id `{id}` is already used at {}:{l}:{c}", f.display()));
+                errs.at(
+                    &spec.id,
+                    format!("rule id `{id}` is already used at {}:{l}:{c}", f.display()),
+                );
                 continue;
             }
             seen_ids.push((id.clone(), file.clone(), line, column));
             // A switched-off rule is still checked, but not for databases it
             // would need: switching a geo rule off is how to run without them.
-            let available = if spec.enabled { available } else { GeoNeeds { city: true, asn: true, anonymous: true } };
+            let available = if spec.enabled {
+                available
+            } else {
+                GeoNeeds {
+                    city: true,
+                    asn: true,
+                    anonymous: true,
+                }
+            };
             let compiled = compile_rule(&spec, table_start, available, &mut errs);
             if !spec.enabled {
                 disabled.push(id);
@@ -246,7 +264,10 @@ fn parse_file(src: &str, errs: &mut Located<'_>) -> Vec<(RuleSpec, usize)> {
     let mut specs = Vec::new();
     for (key, value) in root.get_ref().iter() {
         if key.get_ref() != "rule" {
-            errs.at(key, format!("unknown top-level key `{}`, expected `[[rule]]` tables", key.get_ref()));
+            errs.at(
+                key,
+                format!("unknown top-level key `{}`, expected `[[rule]]` tables", key.get_ref()),
+            );
             continue;
         }
         let DeValue::Array(tables) = value.get_ref() else {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::event::Country;
 
-use super::store::{KeyHasher, LastSeen, key_hasher};
+use super::store::{key_hasher, KeyHasher, LastSeen};
 
 /// How many devices an account remembers as its own.
 pub const KNOWN_DEVICES: usize = 6;

@@ -70,7 +70,10 @@ impl StateStore for QuotaStore {
         let now_ms = self.clock.now_ms();
         let measured = self.store.with(
             *key,
-            || Tat { nanos: 0, last_ms: now_ms },
+            || Tat {
+                nanos: 0,
+                last_ms: now_ms,
+            },
             |tat| {
                 let prev = (tat.nanos != 0).then(|| Nanos::from(tat.nanos));
                 let (result, next) = f(prev)?;
@@ -94,14 +97,22 @@ pub struct KeyedQuota {
 
 impl std::fmt::Debug for KeyedQuota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedQuota").field("period_ms", &self.period_ms).finish()
+        f.debug_struct("KeyedQuota")
+            .field("period_ms", &self.period_ms)
+            .finish()
     }
 }
 
 impl KeyedQuota {
     /// `limit` and `burst` are at least 1 and `period_secs` at least 1 (the
     /// rule compiler checks this), so the quota always exists.
-    pub fn new(limit: NonZeroU32, period_secs: u64, burst: NonZeroU32, clock: EventClock, budget: Arc<StateBudget>) -> KeyedQuota {
+    pub fn new(
+        limit: NonZeroU32,
+        period_secs: u64,
+        burst: NonZeroU32,
+        clock: EventClock,
+        budget: Arc<StateBudget>,
+    ) -> KeyedQuota {
         let period = Duration::from_secs(period_secs.max(1));
         let per_cell = period / limit.get();
         let quota = Quota::with_period(per_cell)

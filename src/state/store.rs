@@ -108,7 +108,11 @@ impl<V: LastSeen> KeyedStore<V> {
         if !self.budget.try_take() {
             let hits = self.budget.note_cap_hit();
             if hits.is_power_of_two() {
-                tracing::warn!(cap = self.budget.cap, hits, "State key cap reached; new keys are not tracked.");
+                tracing::warn!(
+                    cap = self.budget.cap,
+                    hits,
+                    "State key cap reached; new keys are not tracked."
+                );
             }
             return None;
         }

@@ -56,13 +56,53 @@ struct Anonymous {
 /// (network, city, ISO country, latitude, longitude, ASN, AS organisation)
 pub const PLACES: [(&str, &str, &str, f64, f64, u32, &str); 8] = [
     ("175.16.199.0/24", "Beijing", "CN", 39.9042, 116.4074, 4134, "Chinanet"),
-    ("100.64.0.0/16", "Guangzhou", "CN", 23.1291, 113.2644, 9808, "China Mobile (carrier NAT)"),
-    ("100.65.0.0/16", "Shanghai", "CN", 31.2304, 121.4737, 4812, "China Telecom Shanghai"),
+    (
+        "100.64.0.0/16",
+        "Guangzhou",
+        "CN",
+        23.1291,
+        113.2644,
+        9808,
+        "China Mobile (carrier NAT)",
+    ),
+    (
+        "100.65.0.0/16",
+        "Shanghai",
+        "CN",
+        31.2304,
+        121.4737,
+        4812,
+        "China Telecom Shanghai",
+    ),
     ("198.51.100.0/24", "Tokyo", "JP", 35.6762, 139.6503, 2516, "KDDI"),
     ("203.0.113.0/24", "New York", "US", 40.7128, -74.0060, 7922, "Comcast"),
-    ("192.0.2.0/24", "Ashburn", "US", 39.0438, -77.4874, 16509, "Amazon (hosting)"),
-    ("198.18.0.0/24", "Amsterdam", "NL", 52.3676, 4.9041, 60068, "VPN provider"),
-    ("2001:db8::/32", "Frankfurt", "DE", 50.1109, 8.6821, 3320, "Deutsche Telekom"),
+    (
+        "192.0.2.0/24",
+        "Ashburn",
+        "US",
+        39.0438,
+        -77.4874,
+        16509,
+        "Amazon (hosting)",
+    ),
+    (
+        "198.18.0.0/24",
+        "Amsterdam",
+        "NL",
+        52.3676,
+        4.9041,
+        60068,
+        "VPN provider",
+    ),
+    (
+        "2001:db8::/32",
+        "Frankfurt",
+        "DE",
+        50.1109,
+        8.6821,
+        3320,
+        "Deutsche Telekom",
+    ),
 ];
 
 fn net(s: &str) -> IpNet {

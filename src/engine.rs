@@ -88,7 +88,7 @@ pub enum Verdict {
 struct WindowKey {
     sum: SlidingSum,
     distinct: DistinctWindow,
-    samples: VecDeque<Box<str>>,
+    samples: VecDeque<Arc<str>>,
     last_ms: i64,
 }
 

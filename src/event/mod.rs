@@ -115,7 +115,8 @@ impl fmt::Display for Country {
 /// A validated attempt. Holds the hash of the card code, never the code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub event_id: Box<str>,
+    /// Shared, so window samples keep it without copying.
+    pub event_id: std::sync::Arc<str>,
     /// Event time, milliseconds since the Unix epoch.
     pub ts_ms: i64,
     pub kind: Kind,
@@ -332,7 +333,8 @@ fn between_backticks<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
 }
 
 fn validate(raw: RawEvent<'_>, hasher: &CodeHasher) -> Result<Event, EventError> {
-    let event_id = bounded("event_id", &raw.event_id, 128)?;
+    bounded_check("event_id", &raw.event_id, 128)?;
+    let event_id = std::sync::Arc::from(raw.event_id.as_ref());
     let ts_ms = parse_ts("ts", &raw.ts)?;
 
     let code_hash = match (&raw.card.code, &raw.card.code_hash) {
@@ -421,13 +423,18 @@ fn validate(raw: RawEvent<'_>, hasher: &CodeHasher) -> Result<Event, EventError>
 }
 
 fn bounded(field: &str, value: &str, max: usize) -> Result<Box<str>, EventError> {
+    bounded_check(field, value, max)?;
+    Ok(value.into())
+}
+
+fn bounded_check(field: &str, value: &str, max: usize) -> Result<(), EventError> {
     if value.is_empty() || value.chars().count() > max {
         return Err(EventError::invalid(field, &format!("must be 1 to {max} characters")));
     }
     if value.chars().any(char::is_control) {
         return Err(EventError::invalid(field, "contains control characters"));
     }
-    Ok(value.into())
+    Ok(())
 }
 
 fn optional_bounded(field: &str, value: Option<&str>, max: usize) -> Result<Option<Box<str>>, EventError> {

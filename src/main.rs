@@ -9,11 +9,16 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// mimalloc: the engine allocates many small, short-lived strings per event,
+/// and glibc malloc spent a large share of replay time on them (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use kamiguard::config::Config;
 use kamiguard::engine::Engine;
 use kamiguard::enrich::{GeoDatabases, GeoNeeds};
 use kamiguard::event::CodeHasher;
-use kamiguard::pipeline::replay::{read_events, run_events, ReplaySummary};
+use kamiguard::pipeline::replay::{replay, ReplaySummary};
 use kamiguard::rules::{load_rules, RuleSet};
 use kamiguard::scenario::{run_scenario, scenario_dirs};
 
@@ -150,7 +155,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Replay { events, out, common } => replay(&events, out.as_deref(), &common),
+        Command::Replay { events, out, common } => replay_command(&events, out.as_deref(), &common),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
         Command::Generate { events, seed, rate } => {
@@ -161,15 +166,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn replay(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<ExitCode> {
+fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let rules = load(&rules_path(&config), geo.available())?;
-    let engine = Engine::new(rules, geo, config.engine.clone())?;
     let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
 
-    let file = std::fs::File::open(events).with_context(|| format!("cannot open {}", events.display()))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = std::fs::metadata(events)
+        .with_context(|| format!("cannot open {}", events.display()))?
+        .len();
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
         bar.set_style(
@@ -178,17 +183,6 @@ fn replay(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<
         );
         bar
     });
-    let mut summary = ReplaySummary::default();
-    let parsed = read_events(
-        BufReader::with_capacity(1 << 20, file),
-        &hasher,
-        &mut summary,
-        progress.as_ref(),
-    )
-    .with_context(|| format!("cannot read {}", events.display()))?;
-    if let Some(bar) = &progress {
-        bar.finish_and_clear();
-    }
     let sink: Box<dyn Write> = match out {
         Some(path) => {
             Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
@@ -196,7 +190,24 @@ fn replay(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sink = BufWriter::with_capacity(1 << 16, sink);
-    run_events(&parsed, &engine, &mut sink, &mut summary, chrono::Utc::now).context("cannot write decisions")?;
+    let mut summary = ReplaySummary::default();
+    let open = || std::fs::File::open(events).map(|f| BufReader::with_capacity(1 << 20, f));
+    let make_engine = || Engine::new(rules.clone(), geo.clone(), config.engine.clone());
+    // Fail on a bad engine setting before reading anything.
+    make_engine()?;
+    let engine = replay(
+        open,
+        || make_engine().unwrap_or_else(|_| unreachable!("checked above")),
+        &hasher,
+        &mut sink,
+        &mut summary,
+        progress.as_ref(),
+        chrono::Utc::now,
+    )
+    .with_context(|| format!("replay of {} failed", events.display()))?;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
     eprint!("{}", summary.render());
     let stats = engine.stats();
     if stats.state.cap_hits > 0 {

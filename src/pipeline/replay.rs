@@ -1,9 +1,12 @@
 //! `kamiguard replay` (CONTRACT section 3): a JSON-lines file of attempts in,
 //! decisions out, through exactly the engine the live pipeline uses.
 //!
-//! The whole file is read and stably sorted by event time (ties keep file
-//! order) before the engine sees it, so the output depends only on the events
-//! and the rules, never on how the file was written.
+//! The engine sees events in event-time order (ties keep file order), so the
+//! output depends only on the events and the rules, never on how the file was
+//! written. Most files are already in order: [`replay`] streams them through
+//! the engine in one pass, holding only the decisions. At the first event
+//! earlier than the one before it, it starts over with a fresh engine, reads
+//! the whole file and sorts it. Both paths give the same decisions.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -71,22 +74,65 @@ impl ReplaySummary {
     }
 }
 
-/// Parses every line of `input`; returns the events in event-time order.
-pub fn read_events(
-    input: impl BufRead,
+/// Replays the input that `open` yields (called again if the input turns out
+/// to be out of order), on an engine from `make_engine`, writing decisions to
+/// `out`. Returns the engine that did the work.
+pub fn replay<R: BufRead>(
+    open: impl Fn() -> io::Result<R>,
+    make_engine: impl Fn() -> Engine,
+    hasher: &CodeHasher,
+    out: &mut impl Write,
+    summary: &mut ReplaySummary,
+    progress: Option<&ProgressBar>,
+    now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+) -> io::Result<Engine> {
+    let engine = make_engine();
+    let mut held = Vec::new();
+    let mut last_ts = i64::MIN;
+    let mut in_order = true;
+    let mut duplicates = 0;
+    for_each_line(open()?, hasher, summary, progress, |e| {
+        if e.ts_ms < last_ts {
+            in_order = false;
+            return false;
+        }
+        last_ts = e.ts_ms;
+        if engine.process(&e, &mut held) == Verdict::Duplicate {
+            duplicates += 1;
+        }
+        true
+    })?;
+    if in_order {
+        summary.duplicates += duplicates;
+        write_decisions(held, out, summary, &now)?;
+        return Ok(engine);
+    }
+    *summary = ReplaySummary::default();
+    if let Some(p) = progress {
+        p.set_position(0);
+    }
+    let engine = make_engine();
+    let events = read_events(open()?, hasher, summary, progress)?;
+    run_events(&events, &engine, out, summary, now)?;
+    Ok(engine)
+}
+
+/// Parses each line, recording bad ones in `summary`, and hands valid events
+/// to `f` until it returns `false`.
+fn for_each_line(
+    mut input: impl BufRead,
     hasher: &CodeHasher,
     summary: &mut ReplaySummary,
     progress: Option<&ProgressBar>,
-) -> io::Result<Vec<Event>> {
-    let mut events: Vec<Event> = Vec::new();
+    mut f: impl FnMut(Event) -> bool,
+) -> io::Result<()> {
     let mut line_no = 0u64;
-    let mut input = input;
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.clear();
         let n = input.read_until(b'\n', &mut buf)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         line_no += 1;
         if let Some(p) = progress {
@@ -99,7 +145,12 @@ pub fn read_events(
         }
         summary.lines += 1;
         match event::parse(line, hasher) {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                summary.events += 1;
+                if !f(e) {
+                    return Ok(());
+                }
+            }
             Err(err) => {
                 *summary.rejected.entry(err.reason()).or_default() += 1;
                 if summary.bad_lines.len() < MAX_REPORTED_LINES {
@@ -108,9 +159,25 @@ pub fn read_events(
             }
         }
     }
-    summary.events = events.len() as u64;
-    // Stable: events with the same time keep their file order.
-    events.sort_by_key(|e| e.ts_ms);
+}
+
+/// Parses every line of `input`; returns the events in event-time order.
+pub fn read_events(
+    input: impl BufRead,
+    hasher: &CodeHasher,
+    summary: &mut ReplaySummary,
+    progress: Option<&ProgressBar>,
+) -> io::Result<Vec<Event>> {
+    let mut events: Vec<Event> = Vec::new();
+    for_each_line(input, hasher, summary, progress, |e| {
+        events.push(e);
+        true
+    })?;
+    // Stable: events with the same time keep their file order. Most files are
+    // already in order; checking first saves moving every event.
+    if !events.is_sorted_by_key(|e| e.ts_ms) {
+        events.sort_by_key(|e| e.ts_ms);
+    }
     Ok(events)
 }
 
@@ -124,22 +191,29 @@ pub fn run_events(
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> io::Result<Vec<Decision>> {
     let mut decisions = Vec::new();
-    let mut all = Vec::new();
     for e in events {
         if engine.process(e, &mut decisions) == Verdict::Duplicate {
             summary.duplicates += 1;
         }
-        for mut d in decisions.drain(..) {
-            d.stamp(now());
-            serde_json::to_writer(&mut *out, &d)?;
-            out.write_all(b"\n")?;
-            *summary
-                .decisions
-                .entry((d.rule.to_string(), d.action.as_str().to_string()))
-                .or_default() += 1;
-            all.push(d);
-        }
+    }
+    write_decisions(decisions, out, summary, &now)
+}
+
+fn write_decisions(
+    mut decisions: Vec<Decision>,
+    out: &mut impl Write,
+    summary: &mut ReplaySummary,
+    now: &impl Fn() -> chrono::DateTime<chrono::Utc>,
+) -> io::Result<Vec<Decision>> {
+    for d in &mut decisions {
+        d.stamp(now());
+        serde_json::to_writer(&mut *out, &*d)?;
+        out.write_all(b"\n")?;
+        *summary
+            .decisions
+            .entry((d.rule.to_string(), d.action.as_str().to_string()))
+            .or_default() += 1;
     }
     out.flush()?;
-    Ok(all)
+    Ok(decisions)
 }

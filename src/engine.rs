@@ -182,7 +182,10 @@ impl Engine {
             geo,
             accounts: KeyedStore::new(budget.clone()),
             cards: KeyedStore::new(budget.clone()),
-            book: DecisionBook::new(budget.clone()),
+            // The book has a budget of its own: a flood of attacker keys filling
+            // the window budget must not make active decisions forgettable
+            // (that would republish every decision on every attempt).
+            book: DecisionBook::new(StateBudget::new(config.max_keys)),
             seen: Mutex::new(SeenEvents::new(
                 config.dedup_window_secs.max(config.lateness_secs) as i64 * 1000,
                 config.dedup_max_ids,

@@ -1,0 +1,92 @@
+//! Engine behaviour a user notices: the key cap holds and is visible,
+//! redelivered events do not count twice, late events still count.
+
+use std::sync::Arc;
+
+use kamiguard::engine::{Engine, EngineConfig, Verdict};
+use kamiguard::enrich::GeoDatabases;
+use kamiguard::event::{parse, CodeHasher, Event};
+use kamiguard::rules::compile_sources;
+
+const RULE: &str = r#"[[rule]]
+id = "ip-guessing"
+kind = "threshold"
+filter = { failed = true }
+group_by = "ip"
+aggregate = "count"
+window_secs = 600
+threshold = 5
+action = "block"
+score = 80
+"#;
+
+fn engine(max_keys: usize) -> Engine {
+    let rules = Arc::new(compile_sources(&[("t.toml".into(), RULE.into())], Default::default()).expect("rule"));
+    let config = EngineConfig {
+        max_keys,
+        ..EngineConfig::default()
+    };
+    Engine::new(rules, Arc::new(GeoDatabases::default()), config).expect("engine")
+}
+
+fn attempt(id: &str, second: u32, ip: &str) -> Event {
+    let line = format!(
+        r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"0011223344"}},"account":{{"id":"u"}},"ip":"{ip}"}}"#,
+        second / 60,
+        second % 60
+    );
+    parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid")
+}
+
+#[test]
+fn a_flood_of_random_addresses_stays_under_the_cap_and_is_counted() {
+    let engine = engine(1_000);
+    let mut out = Vec::new();
+    for i in 0..20_000u32 {
+        // one attacker address tracked from the start, hidden in the flood
+        let ip = if i % 500 == 0 {
+            "10.9.9.9".to_string()
+        } else {
+            std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()
+        };
+        engine.process(&attempt(&format!("f-{i}"), i / 10, &ip), &mut out);
+    }
+    let stats = engine.stats().state;
+    assert!(stats.live_keys <= 1_000, "{stats:?}");
+    assert!(stats.cap_hits > 10_000, "{stats:?}");
+    assert!(stats.evicted > 0, "idle keys are swept: {stats:?}");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].subject, "10.9.9.9");
+}
+
+#[test]
+fn a_redelivered_event_does_not_count_twice() {
+    let engine = engine(1_000);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let e = attempt(&format!("d-{i}"), i, "10.1.1.1");
+        assert_eq!(engine.process(&e, &mut out), Verdict::Processed);
+        assert_eq!(engine.process(&e, &mut out), Verdict::Duplicate);
+    }
+    assert!(
+        out.is_empty(),
+        "4 distinct failures, each delivered twice, stay under 5: {out:?}"
+    );
+    engine.process(&attempt("d-4", 10, "10.1.1.1"), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].evidence["value"], 5);
+    assert_eq!(engine.stats().duplicates, 4);
+}
+
+#[test]
+fn a_late_event_within_the_window_still_counts() {
+    let engine = engine(1_000);
+    let mut out = Vec::new();
+    for (i, second) in [100, 130, 160, 190].into_iter().enumerate() {
+        engine.process(&attempt(&format!("l-{i}"), second, "10.2.2.2"), &mut out);
+    }
+    // arrives after the others but happened before them
+    engine.process(&attempt("l-late", 40, "10.2.2.2"), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].trigger_event_id, "l-late");
+}

@@ -457,7 +457,7 @@ impl Engine {
             return None;
         }
         if let Value::Object(map) = &mut evidence {
-            map.insert("outcome".into(), json!(outcome_name(e.outcome)));
+            map.insert("outcome".into(), json!(e.outcome));
         }
         Some(Decision {
             decision_id: decision_id(&rule.id, &rule.version, rule.scope, &subject, e.ts_ms, &e.event_id),
@@ -594,19 +594,6 @@ fn preposition(k: KeyName) -> &'static str {
         KeyName::Account => "by",
         KeyName::Card => "on",
         _ => "from",
-    }
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "success",
-        Outcome::InvalidCode => "invalid_code",
-        Outcome::WrongPin => "wrong_pin",
-        Outcome::Expired => "expired",
-        Outcome::AlreadyUsed => "already_used",
-        Outcome::Frozen => "frozen",
-        Outcome::Blocked => "blocked",
-        Outcome::Error => "error",
     }
 }
 

@@ -7,9 +7,6 @@
 //! event-time order, so replay takes its one-pass streaming path).
 //! "keys" sweeps the number of distinct addresses for one threshold rule.
 
-#[path = "../tests/common/geo.rs"]
-mod geo;
-
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -31,7 +28,9 @@ fn replay_vs_parse(c: &mut Criterion) {
     let n = events();
     let input = generate(n, 42, 2000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let geo = Arc::new(GeoDatabases::open(&geo::write_geo_fixtures(dir.path())).expect("geo"));
+    let geo = Arc::new(
+        GeoDatabases::open(&kamiguard::demo::geo::write_geo_fixtures(dir.path()).expect("geo fixtures")).expect("geo"),
+    );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = Arc::new(load_rules(&root.join("config/rules"), geo.available()).expect("rules"));
     let hasher = CodeHasher::without_key();

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::engine::EngineConfig;
 use crate::enrich::GeoConfig;
+use crate::kafka::{KafkaConfig, PipelineConfig};
 use crate::rules::line_column;
 
 /// The whole configuration file.
@@ -26,6 +27,12 @@ pub struct Config {
     /// Engine limits.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Brokers, topics, group and librdkafka properties of `kamiguard run`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Batching, commits, restore and shutdown of `kamiguard run`.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,11 @@ pub const ENV_OVERRIDES: [(&str, &str); 4] = [
     ("KAMIGUARD_GEO_ASN", "geo.asn"),
     ("KAMIGUARD_GEO_ANONYMOUS", "geo.anonymous"),
 ];
+
+/// Overrides `kafka.brokers`.
+pub const BROKERS_ENV: &str = "KAMIGUARD_BROKERS";
+/// Overrides `kafka.group_id`.
+pub const GROUP_ID_ENV: &str = "KAMIGUARD_GROUP_ID";
 
 impl Config {
     /// Reads `path`, resolves relative paths against its folder, then applies
@@ -97,6 +109,12 @@ impl Config {
         self.geo.city = city.or(self.geo.city.take());
         self.geo.asn = asn.or(self.geo.asn.take());
         self.geo.anonymous = anonymous.or(self.geo.anonymous.take());
+        if let Some(brokers) = get(BROKERS_ENV).filter(|v| !v.is_empty()) {
+            self.kafka.brokers = brokers;
+        }
+        if let Some(group) = get(GROUP_ID_ENV).filter(|v| !v.is_empty()) {
+            self.kafka.group_id = group;
+        }
     }
 }
 

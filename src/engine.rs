@@ -564,6 +564,11 @@ impl Engine {
         evicted
     }
 
+    /// How late an event may arrive and still count, ms.
+    pub fn lateness_ms(&self) -> i64 {
+        self.config.lateness_secs as i64 * 1000
+    }
+
     /// Latest event time seen, ms.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()

@@ -18,15 +18,19 @@
 //! - [`rules`]: rule files (spec), their compiled form, loading with positions.
 //! - [`engine`]: steps 2 to 6 joined; pure and deterministic.
 //! - [`decision`]: decision ids, the active-decision book, expiry.
-//! - [`pipeline`]: sources and sinks; today the replay file source.
+//! - [`pipeline`]: the replay file source and the traffic generator.
+//! - [`kafka`]: the live pipeline (`kamiguard run`): consume, decide, publish, commit, restore.
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`config`]: the service configuration file.
+//! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
 pub mod config;
 pub mod decision;
+pub mod demo;
 pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod kafka;
 pub mod pipeline;
 pub mod rules;
 pub mod scenario;

@@ -67,6 +67,29 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rate: u64,
     },
+    /// Consume attempts from Kafka, publish decisions and dead letters (the live service).
+    Run {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The whole pipeline on an in-process Kafka cluster with generated traffic.
+    Demo {
+        /// Stop after this many attempts instead of on Ctrl-C.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Attempts per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Traffic seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Partitions of each topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Rule file or directory instead of the built-in rule pack.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
     TestRules {
         /// A scenario folder, or a folder of them.
@@ -158,6 +181,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { events, out, common } => replay_command(&events, out.as_deref(), &common),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
+        Command::Run { common } => run_command(&common),
+        Command::Demo {
+            events,
+            rate,
+            seed,
+            partitions,
+            rules,
+        } => demo_command(events, rate, seed, partitions, rules),
         Command::Generate { events, seed, rate } => {
             let text = kamiguard::pipeline::generate::generate(events, seed, rate);
             std::io::stdout().lock().write_all(text.as_bytes())?;
@@ -216,6 +247,79 @@ fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow:
             stats.state.cap, stats.state.cap_hits
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A runtime whose shutdown channel turns true on SIGTERM or SIGINT.
+fn runtime_with_signals() -> anyhow::Result<(tokio::runtime::Runtime, tokio::sync::watch::Receiver<bool>)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = {
+        let _guard = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok((runtime, rx))
+}
+
+fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
+    let Some(path) = &common.config else {
+        bail!("run needs --config FILE (see config/kamiguard.toml)");
+    };
+    let config = common.config()?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let rules = load(&rules_path(&config), geo.available())?;
+    let engine = Arc::new(Engine::new(rules, geo, config.engine.clone())?);
+    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+    let (runtime, shutdown) = runtime_with_signals()?;
+    let settings = kamiguard::kafka::Settings {
+        kafka: config.kafka,
+        pipeline: config.pipeline,
+        engine,
+        hasher,
+    };
+    let stats = Arc::new(kamiguard::kafka::RunStats::default());
+    runtime
+        .block_on(kamiguard::kafka::run(settings, stats, shutdown))
+        .with_context(|| format!("run with {} stopped", path.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo_command(
+    events: Option<u64>,
+    rate: u64,
+    seed: u64,
+    partitions: i32,
+    rules: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let rules = match rules {
+        Some(path) => Some(load(
+            &path,
+            kamiguard::enrich::GeoNeeds {
+                city: true,
+                asn: true,
+                anonymous: true,
+            },
+        )?),
+        None => None,
+    };
+    let options = kamiguard::demo::DemoOptions {
+        events,
+        rate,
+        seed,
+        partitions,
+        rules,
+    };
+    let (runtime, shutdown) = runtime_with_signals()?;
+    let redraw = std::io::stdout().is_terminal();
+    let mut screen = std::io::stdout();
+    runtime.block_on(kamiguard::demo::demo(options, shutdown, &mut screen, redraw))?;
     Ok(ExitCode::SUCCESS)
 }
 

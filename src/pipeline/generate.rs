@@ -1,9 +1,9 @@
 //! A deterministic generator of attempt traffic: honest redemptions with a
 //! little of every attack in the shipped rule pack mixed in. Used by the
-//! benchmarks, by `kamiguard generate`, and later by the demo.
+//! benchmarks, by `kamiguard generate`, and by `kamiguard demo`.
 //!
 //! Addresses come from the ranges the test fixture databases know (see
-//! `tests/common/geo.rs`), so geo rules have something to look up.
+//! `src/demo/geo.rs`), so geo rules have something to look up.
 
 use std::fmt::Write as _;
 
@@ -38,18 +38,47 @@ const START_MS: i64 = 1_795_305_600_000;
 /// event time. About 97% honest; the rest are the attacks of the rule pack.
 pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
     let mut out = String::with_capacity(count as usize * 330);
-    let mut rng = SplitMix::new(seed);
-    let step_ms = (1000 / rate_per_sec.max(1)).max(1) as i64;
-    for i in 0..count {
-        let ts = crate::event::format_ts(START_MS + i as i64 * step_ms);
+    let mut traffic = Traffic::new(seed, START_MS, rate_per_sec);
+    for _ in 0..count {
+        out.push_str(&traffic.next_line());
+        out.push('\n');
+    }
+    out
+}
+
+/// An endless stream of generated attempts (what [`generate`] writes), one
+/// JSON object per call, event time advancing `1000 / rate_per_sec` ms each.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    rng: SplitMix,
+    i: u64,
+    start_ms: i64,
+    step_ms: i64,
+}
+
+impl Traffic {
+    pub fn new(seed: u64, start_ms: i64, rate_per_sec: u64) -> Traffic {
+        Traffic {
+            rng: SplitMix::new(seed),
+            i: 0,
+            start_ms,
+            step_ms: (1000 / rate_per_sec.max(1)).max(1) as i64,
+        }
+    }
+
+    /// The next attempt as one line of JSON (no newline).
+    pub fn next_line(&mut self) -> String {
+        let (i, rng) = (self.i, &mut self.rng);
+        self.i += 1;
+        let ts = crate::event::format_ts(self.start_ms + i as i64 * self.step_ms);
         let roll = rng.below(1000);
-        let line = match roll {
+        match roll {
             // code guessing from a few bot addresses
             0..=9 => {
                 let bot = rng.below(5);
                 let (acct, ip) = (format!("u-bot-{bot}"), format!("175.16.199.{}", 200 + bot));
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     "invalid_code",
@@ -65,7 +94,7 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
             10..=14 => {
                 let ip = format!("100.65.{}.{}", rng.below(250), rng.below(250));
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     "wrong_pin",
@@ -82,7 +111,7 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
                 let acct = format!("u-farm-{}", rng.below(1000));
                 let dev = format!("fp-farm-{}", rng.below(3));
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     "success",
@@ -99,7 +128,7 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
                 let acct = format!("u-cloud-{}", rng.below(500));
                 let ip = if rng.below(2) == 0 { "192.0.2.10" } else { "198.18.0.7" };
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     "success",
@@ -116,7 +145,7 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
                 let acct = format!("u-new-{}", rng.below(100_000));
                 let dev = format!("fp-new-{}", rng.below(100_000));
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     "success",
@@ -141,7 +170,7 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
                 let outcome = if rng.below(30) == 0 { "invalid_code" } else { "success" };
                 let face = [1000, 5000, 10000, 20000, 50000][rng.below(5) as usize];
                 attempt(
-                    &mut rng,
+                    rng,
                     i,
                     &ts,
                     outcome,
@@ -153,11 +182,8 @@ pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
                     true,
                 )
             }
-        };
-        out.push_str(&line);
-        out.push('\n');
+        }
     }
-    out
 }
 
 #[allow(clippy::too_many_arguments)]

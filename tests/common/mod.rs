@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod geo;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +13,7 @@ pub fn root() -> PathBuf {
 /// Writes the fixture databases into a fresh temporary folder and opens them.
 pub fn fixture_geo() -> (tempfile::TempDir, GeoConfig, Arc<GeoDatabases>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = geo::write_geo_fixtures(dir.path());
+    let config = kamiguard::demo::geo::write_geo_fixtures(dir.path()).expect("write fixture databases");
     let dbs = GeoDatabases::open(&config).expect("open fixture databases");
     (dir, config, Arc::new(dbs))
 }

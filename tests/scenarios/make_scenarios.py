@@ -5,7 +5,7 @@ Each shipped rule has an `<rule>` folder where an attack makes it fire and a
 `<rule>-legit` folder of look-alike honest traffic that must stay quiet.
 expected.jsonl states what must fire, written by hand here, never copied from
 kamiguard's output. Run it again after editing: `python3 tests/scenarios/make_scenarios.py`.
-Networks: see tests/common/geo.rs (175.16.199/24 Beijing, 100.64/16 Guangzhou
+Networks: see src/demo/geo.rs (175.16.199/24 Beijing, 100.64/16 Guangzhou
 carrier NAT, 198.51.100/24 Tokyo, 203.0.113/24 New York, 192.0.2/24 hosting,
 198.18.0/24 VPN).
 """

@@ -1,12 +1,14 @@
-//! Small GeoIP2/GeoLite2 fixture databases in MaxMind's standard schemas,
-//! written with the `mmdb-writer` crate. The networks are documentation and
-//! shared-address ranges; what each one stands for is listed here and in
-//! `tests/scenarios/README.md`.
+//! Small GeoIP2/GeoLite2 databases in MaxMind's standard schemas, written
+//! with the `mmdb-writer` crate: the demo's geography and the tests' fixtures.
+//! The networks are documentation and shared-address ranges; what each one
+//! stands for is listed here and in `tests/scenarios/README.md`. They are made
+//! up and must never stand in for a real database.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::Path;
 
-use kamiguard::enrich::GeoConfig;
+use crate::enrich::GeoConfig;
 use mmdb_writer::ipnet::IpNet;
 use mmdb_writer::Writer;
 use serde::Serialize;
@@ -105,18 +107,22 @@ pub const PLACES: [(&str, &str, &str, f64, f64, u32, &str); 8] = [
     ),
 ];
 
-fn net(s: &str) -> IpNet {
-    s.parse().expect("fixture network")
+fn net(s: &str) -> io::Result<IpNet> {
+    s.parse().map_err(invalid)
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 /// Writes `city.mmdb`, `asn.mmdb` and `anonymous.mmdb` into `dir`.
-pub fn write_geo_fixtures(dir: &Path) -> GeoConfig {
-    std::fs::create_dir_all(dir).expect("fixture dir");
+pub fn write_geo_fixtures(dir: &Path) -> io::Result<GeoConfig> {
+    std::fs::create_dir_all(dir)?;
     let mut city = Writer::new("GeoLite2-City");
     let mut asn = Writer::new("GeoLite2-ASN");
     for (network, name, iso, lat, lon, number, org) in PLACES {
         city.insert(
-            net(network),
+            net(network)?,
             &City {
                 city: Names {
                     names: BTreeMap::from([("en", name)]),
@@ -131,44 +137,44 @@ pub fn write_geo_fixtures(dir: &Path) -> GeoConfig {
                 },
             },
         )
-        .expect("city insert");
+        .map_err(invalid)?;
         asn.insert(
-            net(network),
+            net(network)?,
             &Asn {
                 autonomous_system_number: number,
                 autonomous_system_organization: org,
             },
         )
-        .expect("asn insert");
+        .map_err(invalid)?;
     }
     let mut anonymous = Writer::new("GeoIP2-Anonymous-IP");
     anonymous
         .insert(
-            net("192.0.2.0/24"),
+            net("192.0.2.0/24")?,
             &Anonymous {
                 is_hosting_provider: Some(true),
                 ..Anonymous::default()
             },
         )
-        .expect("anonymous insert");
+        .map_err(invalid)?;
     anonymous
         .insert(
-            net("198.18.0.0/24"),
+            net("198.18.0.0/24")?,
             &Anonymous {
                 is_anonymous: Some(true),
                 is_anonymous_vpn: Some(true),
                 ..Anonymous::default()
             },
         )
-        .expect("anonymous insert");
-    let write = |w: Writer, name: &str| {
+        .map_err(invalid)?;
+    let write = |w: Writer, name: &str| -> io::Result<_> {
         let path = dir.join(name);
-        std::fs::write(&path, w.to_bytes().expect("serialize mmdb")).expect("write mmdb");
-        path
+        std::fs::write(&path, w.to_bytes().map_err(invalid)?)?;
+        Ok(Some(path))
     };
-    GeoConfig {
-        city: Some(write(city, "city.mmdb")),
-        asn: Some(write(asn, "asn.mmdb")),
-        anonymous: Some(write(anonymous, "anonymous.mmdb")),
-    }
+    Ok(GeoConfig {
+        city: write(city, "city.mmdb")?,
+        asn: write(asn, "asn.mmdb")?,
+        anonymous: write(anonymous, "anonymous.mmdb")?,
+    })
 }

@@ -1,0 +1,156 @@
+//! Rebuilding state when partitions are assigned (start, restart, rebalance).
+//!
+//! # The mechanism
+//!
+//! The attempts topic is the changelog. When a partition is assigned, the
+//! events before its committed offset that are younger than the lookback
+//! (longest rule window plus lateness, by message timestamp) are read again
+//! with a separate, group-less consumer and run through the engine with their
+//! decisions dropped: those were published before the commit. Partitions are
+//! merged in event-time order, as the live loop would have seen them. Live
+//! consumption of those partitions resumes at the committed offset afterwards,
+//! so no event is counted twice, and the decision book knows what was already
+//! decided, so nothing is republished.
+//!
+//! # Limits
+//!
+//! - What is older than the lookback is not restored: account memory (known
+//!   devices, last place) beyond it is lost on restart. Rules that need history
+//!   (`new_device`, impossible travel) then see an account as new, which makes
+//!   them quieter, never louder.
+//! - The input's retention must cover the lookback.
+//! - A broker that cannot answer offsets-for-timestamp (the test broker answers
+//!   0) makes the restore read from the start of the partition: slower, still
+//!   correct.
+//! - A restore that receives nothing for `restore_idle_secs` stops and logs a
+//!   warning; the partition then runs on the state it has.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::config::{KafkaConfig, PipelineConfig};
+use crate::engine::Engine;
+use crate::event::{self, CodeHasher, Event};
+
+/// Events buffered across partitions before the merge stops waiting for a
+/// slow partition (the engine tolerates the lateness this may cause).
+const MAX_BUFFERED: usize = 100_000;
+
+/// One partition to restore: everything before `end` (its committed offset)
+/// that this process has not processed itself (`done_upto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreRange {
+    pub partition: i32,
+    pub done_upto: Option<i64>,
+    pub end: i64,
+}
+
+/// Replays `ranges` of the attempts topic into `engine`, decisions dropped.
+/// Returns how many events were replayed.
+pub fn restore(
+    kafka: &KafkaConfig,
+    pipeline: &PipelineConfig,
+    engine: &Engine,
+    hasher: &CodeHasher,
+    ranges: &[RestoreRange],
+    lookback_ms: i64,
+) -> Result<u64, KafkaError> {
+    let started = Instant::now();
+    let topic = &kafka.topics.attempts;
+    let consumer: BaseConsumer = kafka
+        .consumer_config()
+        .set("group.id", format!("{}.restore", kafka.group_id))
+        .create()?;
+    let timeout = Duration::from_secs(30);
+
+    let since = chrono::Utc::now().timestamp_millis() - lookback_ms;
+    let mut by_time = TopicPartitionList::new();
+    for r in ranges {
+        by_time.add_partition_offset(topic, r.partition, Offset::Offset(since))?;
+    }
+    let by_time = consumer.offsets_for_times(by_time, timeout)?;
+    let mut start = TopicPartitionList::new();
+    let mut end = BTreeMap::new();
+    for r in ranges {
+        let from = match by_time.find_partition(topic, r.partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            // Nothing as young as the lookback.
+            Some(Offset::End) => r.end,
+            _ => consumer.fetch_watermarks(topic, r.partition, timeout)?.0,
+        };
+        let from = from.max(r.done_upto.unwrap_or(0));
+        if from < r.end {
+            start.add_partition_offset(topic, r.partition, Offset::Offset(from))?;
+            end.insert(r.partition, r.end);
+        }
+    }
+    if end.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&start)?;
+
+    let mut pending: BTreeSet<i32> = end.keys().copied().collect();
+    let mut buffers: BTreeMap<i32, VecDeque<Event>> = end.keys().map(|p| (*p, VecDeque::new())).collect();
+    let mut buffered = 0usize;
+    let mut replayed = 0u64;
+    let mut dropped = Vec::new();
+    let mut replay = |e: Event| {
+        engine.process(&e, &mut dropped);
+        dropped.clear();
+        replayed += 1;
+    };
+    let idle = Duration::from_secs(pipeline.restore_idle_secs);
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let p = m.partition();
+                let Some(&stop) = end.get(&p) else { continue };
+                if m.offset() < stop {
+                    // Bad messages went to the dead-letter topic when first read.
+                    if let Ok(e) = event::parse(m.payload().unwrap_or_default(), hasher) {
+                        buffers.entry(p).or_default().push_back(e);
+                        buffered += 1;
+                    }
+                }
+                if m.offset() + 1 >= stop {
+                    pending.remove(&p);
+                }
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => warn!(error = %e, "restore: consumer error"),
+            None if last_progress.elapsed() >= idle => {
+                warn!(partitions = ?pending, idle_secs = idle.as_secs(), "restore received nothing; going on with partial state for these partitions");
+                break;
+            }
+            None => {}
+        }
+        // Merge: take the earliest head while every unfinished partition has
+        // something buffered, so the engine sees event-time order.
+        while buffered > MAX_BUFFERED || pending.iter().all(|p| buffers.get(p).is_some_and(|b| !b.is_empty())) {
+            let Some(e) = pop_earliest(&mut buffers) else { break };
+            buffered -= 1;
+            replay(e);
+        }
+    }
+    while let Some(e) = pop_earliest(&mut buffers) {
+        replay(e);
+    }
+    info!(events = replayed, partitions = ?end.keys().collect::<Vec<_>>(), took_ms = started.elapsed().as_millis() as u64, "state restored");
+    Ok(replayed)
+}
+
+fn pop_earliest(buffers: &mut BTreeMap<i32, VecDeque<Event>>) -> Option<Event> {
+    let p = buffers
+        .iter()
+        .filter_map(|(p, b)| b.front().map(|e| (e.ts_ms, *p)))
+        .min()
+        .map(|(_, p)| p)?;
+    buffers.get_mut(&p)?.pop_front()
+}

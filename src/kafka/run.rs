@@ -1,0 +1,515 @@
+//! `kamiguard run`: attempts from a consumer group through the engine,
+//! decisions and dead letters out through an idempotent producer.
+//!
+//! # Guarantees
+//!
+//! - **At-least-once, idempotent effect.** The processing loop hands the
+//!   committer batches in consumption order: the next offset of each partition
+//!   and the delivery acknowledgements of every decision and dead letter those
+//!   events caused. The committer waits for every acknowledgement of a batch
+//!   before it may commit the batch's offsets. A crash loses no decision; a
+//!   redelivered event is dropped by the engine's event-id memory, or, when
+//!   that memory is gone with the process, republished with the same
+//!   deterministic `decision_id`.
+//! - **State survives a restart or a rebalance.** See [`super::restore`].
+//! - **Bounded memory.** At most `in_flight_batches` batches wait for the
+//!   broker, and the producer queue is bounded: a slow broker slows intake.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::config::{KafkaConfig, KafkaConfigError, PipelineConfig, Topics};
+use super::dead_letter::{dead_letter, Source};
+use super::restore::{restore, RestoreRange};
+use crate::decision::Decision;
+use crate::engine::{Engine, Verdict};
+use crate::event::{self, CodeHasher};
+
+/// Everything `run` needs.
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub pipeline: PipelineConfig,
+    pub engine: Arc<Engine>,
+    pub hasher: CodeHasher,
+}
+
+/// Live counters, readable while the pipeline runs (the demo's summary, metrics).
+#[derive(Debug, Default)]
+pub struct RunStats {
+    /// Messages taken from the attempts topic (live, not restore).
+    pub consumed: AtomicU64,
+    /// Valid events processed by the engine.
+    pub events: AtomicU64,
+    /// Events dropped as redeliveries.
+    pub duplicates: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_letters: AtomicU64,
+    /// Decisions published.
+    pub decisions: AtomicU64,
+    /// Events replayed into state by restores (no decisions published).
+    pub restored: AtomicU64,
+    /// Offset commits sent.
+    pub commits: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] KafkaConfigError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    #[error("the broker refused a {what}: {error}; offsets after it are not committed")]
+    Delivery { what: &'static str, error: KafkaError },
+    #[error("cannot encode a decision: {0}")]
+    Encode(String),
+    #[error("no code-hash key: set KAMIGUARD_CODE_KEY (or code_key in the config); without it raw codes could not be hashed in dead letters")]
+    NoCodeKey,
+    #[error("shutdown timed out after {0:?} waiting for the broker; uncommitted events will be redelivered")]
+    ShutdownTimeout(Duration),
+}
+
+/// Consumer context: notes that the assignment changed, so the loop restores
+/// newly assigned partitions before deciding on them.
+#[derive(Default)]
+pub struct RunContext {
+    assignment_changed: AtomicBool,
+}
+
+impl ClientContext for RunContext {}
+
+impl ConsumerContext for RunContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+        self.assignment_changed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One hand-off from the loop to the committer.
+#[derive(Default)]
+struct Batch {
+    /// Next offset to consume, by partition, after this batch.
+    offsets: BTreeMap<i32, i64>,
+    /// Acknowledgements of everything the batch published, with what it was.
+    acks: Vec<(&'static str, DeliveryFuture)>,
+    events: usize,
+}
+
+/// Creates the attempts, decisions and dead-letter topics if missing.
+pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), RunError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.admin_config().create()?;
+    let t = &kafka.topics;
+    let names = [&t.attempts, &t.decisions, &t.dead_letters];
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(topic) => info!(%topic, partitions = kafka.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(RunError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Runs until `shutdown` turns true, then stops fetching, finishes what is in
+/// flight, commits and returns.
+pub async fn run(
+    settings: Settings,
+    stats: Arc<RunStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let Settings {
+        kafka,
+        pipeline,
+        engine,
+        hasher,
+    } = settings;
+    kafka.validate()?;
+    if !hasher.has_key() {
+        return Err(RunError::NoCodeKey);
+    }
+    if kafka.create_topics {
+        ensure_topics(&kafka).await?;
+    }
+    let consumer: Arc<StreamConsumer<RunContext>> = Arc::new(
+        kafka
+            .consumer_config()
+            .set("group.id", &kafka.group_id)
+            .create_with_context(RunContext::default())?,
+    );
+    consumer.subscribe(&[&kafka.topics.attempts])?;
+    let producer: FutureProducer = kafka.producer_config().create()?;
+    info!(brokers = %kafka.brokers, topic = %kafka.topics.attempts, group = %kafka.group_id, "consuming");
+
+    let (tx, rx) = mpsc::channel::<Batch>(pipeline.in_flight_batches.max(1));
+    let committer = tokio::spawn(commit_loop(
+        consumer.clone(),
+        kafka.topics.attempts.clone(),
+        rx,
+        Duration::from_millis(pipeline.commit_interval_ms),
+        stats.clone(),
+    ));
+
+    let lookback_ms = match pipeline.restore_lookback_secs {
+        Some(secs) => secs as i64 * 1000,
+        None => engine.rules().longest_window_ms + engine.lateness_ms(),
+    };
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    // Next offset this process has processed, by partition: a partition that
+    // comes back after a rebalance is restored only from there.
+    let mut processed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut batch = Batch::default();
+    let mut batch_started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(pipeline.batch_ms.max(1)));
+    let mut out = Outputs {
+        producer: &producer,
+        topics: &kafka.topics,
+        engine: &engine,
+        hasher: &hasher,
+        stats: &stats,
+        decisions: Vec::new(),
+    };
+    let attempts = kafka.topics.attempts.as_str();
+
+    let outcome: Result<(), RunError> = loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
+            _ = tick.tick() => None,
+            m = consumer.recv() => Some(m),
+        };
+        let Some(message) = message else {
+            let due = batch.events > 0 && batch_started.elapsed() >= Duration::from_millis(pipeline.batch_ms);
+            if due && !hand_off(&tx, &mut batch, &mut shutdown).await {
+                break Ok(());
+            }
+            continue;
+        };
+        let m = match message {
+            Ok(m) => m,
+            Err(e) => {
+                // librdkafka reconnects by itself; errors here are transient
+                // (broker down, rebalance in progress).
+                warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        let partition = m.partition();
+        if consumer.context().assignment_changed.swap(false, Ordering::SeqCst) || !owned.contains(&partition) {
+            let restored = tokio::task::block_in_place(|| {
+                reconcile(
+                    &consumer,
+                    &kafka,
+                    &pipeline,
+                    &engine,
+                    &hasher,
+                    &mut owned,
+                    &processed,
+                    lookback_ms,
+                )
+            });
+            match restored {
+                Ok(n) => {
+                    stats.restored.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => warn!(error = %e, "restore failed; continuing with the state there is"),
+            }
+        }
+        stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let source = Source {
+            topic: attempts,
+            partition,
+            offset: m.offset(),
+        };
+        let key = m.key().unwrap_or_default();
+        if let Err(e) = out
+            .handle(m.payload().unwrap_or_default(), key, source, &mut batch)
+            .await
+        {
+            break Err(e);
+        }
+        if batch.events == 0 {
+            batch_started = Instant::now();
+        }
+        batch.offsets.insert(partition, m.offset() + 1);
+        processed.insert(partition, m.offset() + 1);
+        batch.events += 1;
+        if batch.events >= pipeline.batch_events {
+            if !hand_off(&tx, &mut batch, &mut shutdown).await {
+                break Ok(());
+            }
+        }
+    };
+
+    // Stop fetching, hand over the last batch, wait for the broker, commit.
+    let timeout = Duration::from_secs(pipeline.shutdown_timeout_secs);
+    let last = std::mem::take(&mut batch);
+    let drained = async {
+        if last.events > 0 {
+            // The committer may already have failed; its error is reported below.
+            let _ = tx.send(last).await;
+        }
+        drop(tx);
+        match committer.await {
+            Ok(result) => result,
+            Err(join) => Err(RunError::Delivery {
+                what: "commit task",
+                error: KafkaError::Canceled,
+            })
+            .inspect_err(|_| warn!(error = %join, "committer task failed")),
+        }
+    };
+    let committed = match tokio::time::timeout(timeout, drained).await {
+        Ok(r) => r,
+        Err(_) => Err(RunError::ShutdownTimeout(timeout)),
+    };
+    consumer.unsubscribe();
+    info!(
+        consumed = stats.consumed.load(Ordering::Relaxed),
+        decisions = stats.decisions.load(Ordering::Relaxed),
+        dead_letters = stats.dead_letters.load(Ordering::Relaxed),
+        "stopped"
+    );
+    outcome.and(committed)
+}
+
+/// What one message produces, and where it goes.
+struct Outputs<'a> {
+    producer: &'a FutureProducer,
+    topics: &'a Topics,
+    engine: &'a Engine,
+    hasher: &'a CodeHasher,
+    stats: &'a RunStats,
+    decisions: Vec<Decision>,
+}
+
+impl Outputs<'_> {
+    /// Parses one message; publishes its decisions, or its dead letter, and
+    /// adds their acknowledgements to `batch`. An error stops the pipeline
+    /// before anything after it is committed, so those events are redelivered.
+    async fn handle(
+        &mut self,
+        payload: &[u8],
+        key: &[u8],
+        source: Source<'_>,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let stats = self.stats;
+        match event::parse(payload, self.hasher) {
+            Ok(e) => {
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                self.decisions.clear();
+                if self.engine.process(&e, &mut self.decisions) == Verdict::Duplicate {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                let now = chrono::Utc::now();
+                for d in &mut self.decisions {
+                    d.stamp(now);
+                    let body = serde_json::to_vec(&*d).map_err(|e| RunError::Encode(e.to_string()))?;
+                    let ack = send(self.producer, &self.topics.decisions, &d.key(), &body, None)
+                        .await
+                        .map_err(|error| RunError::Delivery {
+                            what: "decision",
+                            error,
+                        })?;
+                    batch.acks.push(("decision", ack));
+                    stats.decisions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                let letter = dead_letter(payload, &error, source, self.hasher);
+                debug!(
+                    reason = error.reason(),
+                    partition = source.partition,
+                    offset = source.offset,
+                    "dead letter"
+                );
+                let ack = send(
+                    self.producer,
+                    &self.topics.dead_letters,
+                    key,
+                    &letter.payload,
+                    Some(letter.headers),
+                )
+                .await
+                .map_err(|error| RunError::Delivery {
+                    what: "dead letter",
+                    error,
+                })?;
+                batch.acks.push(("dead letter", ack));
+                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends the current batch to the committer, waiting while
+/// `in_flight_batches` are unacknowledged (backpressure). Returns `false` when
+/// the loop must stop: a shutdown (the batch stays for the final drain) or a
+/// committer that ended (its error is reported by the drain).
+async fn hand_off(tx: &mpsc::Sender<Batch>, batch: &mut Batch, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        permit = tx.reserve() => match permit {
+            Ok(permit) => {
+                permit.send(std::mem::take(batch));
+                true
+            }
+            Err(_) => false,
+        },
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    }
+}
+
+/// Queues one message, waiting while the producer queue is full.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &(impl rdkafka::message::ToBytes + ?Sized),
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(ack) => return Ok(ack),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits for each batch's acknowledgements in order and commits the offsets
+/// they cover. Returns at the first refused delivery, without committing it.
+async fn commit_loop(
+    consumer: Arc<StreamConsumer<RunContext>>,
+    topic: String,
+    mut rx: mpsc::Receiver<Batch>,
+    interval: Duration,
+    stats: Arc<RunStats>,
+) -> Result<(), RunError> {
+    let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let commit = |acked: &mut BTreeMap<i32, i64>, mode: CommitMode| {
+        if acked.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in acked.iter() {
+            // Offsets were valid when read; adding one cannot fail.
+            let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*o));
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                acked.clear();
+            }
+            // Typically a partition that moved to another instance: it will
+            // redeliver from its own last commit, with the same decision ids.
+            Err(e) => warn!(error = %e, "commit failed"),
+        }
+    };
+    while let Some(batch) = rx.recv().await {
+        for (what, ack) in batch.acks {
+            match ack.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => {
+                    commit(&mut acked, CommitMode::Sync);
+                    return Err(RunError::Delivery { what, error });
+                }
+                Err(_) => {
+                    commit(&mut acked, CommitMode::Sync);
+                    return Err(RunError::Delivery {
+                        what,
+                        error: KafkaError::Canceled,
+                    });
+                }
+            }
+        }
+        acked.extend(batch.offsets);
+        if last_commit.elapsed() >= interval {
+            commit(&mut acked, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    commit(&mut acked, CommitMode::Sync);
+    Ok(())
+}
+
+/// Brings `owned` up to the consumer's assignment and restores the state of
+/// partitions that are new to this process. Returns events restored.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    consumer: &StreamConsumer<RunContext>,
+    kafka: &KafkaConfig,
+    pipeline: &PipelineConfig,
+    engine: &Engine,
+    hasher: &CodeHasher,
+    owned: &mut BTreeSet<i32>,
+    processed: &BTreeMap<i32, i64>,
+    lookback_ms: i64,
+) -> Result<u64, KafkaError> {
+    let topic = &kafka.topics.attempts;
+    let assignment = consumer.assignment()?;
+    let now: BTreeSet<i32> = assignment
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    let new: Vec<i32> = now.difference(owned).copied().collect();
+    *owned = now;
+    if new.is_empty() {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &new {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+    let ranges: Vec<RestoreRange> = committed
+        .elements_for_topic(topic)
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(end) => Some(RestoreRange {
+                partition: e.partition(),
+                done_upto: processed.get(&e.partition()).copied(),
+                end,
+            }),
+            // No commit yet: the group starts from `auto.offset.reset`, and
+            // there is nothing before it to restore.
+            _ => None,
+        })
+        .collect();
+    info!(partitions = ?new, restoring = ranges.len(), "new partitions");
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    restore(kafka, pipeline, engine, hasher, &ranges, lookback_ms)
+}

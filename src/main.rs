@@ -165,6 +165,7 @@ fn load(path: &Path, available: GeoNeeds) -> anyhow::Result<Arc<RuleSet>> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     match run(Cli::parse()) {

@@ -436,7 +436,21 @@ async fn commit_loop(
             Err(e) => warn!(error = %e, "commit failed"),
         }
     };
-    while let Some(batch) = rx.recv().await {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        // Commit on a timer as well: the last batch before a quiet spell must
+        // not wait for the next event to be committed.
+        let batch = tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            _ = tick.tick() => {
+                commit(&mut acked, CommitMode::Async);
+                last_commit = Instant::now();
+                continue;
+            }
+        };
         for (what, ack) in batch.acks {
             match ack.await {
                 Ok(Ok(_)) => {}

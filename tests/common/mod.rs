@@ -22,3 +22,4 @@ pub fn fixture_geo() -> (tempfile::TempDir, GeoConfig, Arc<GeoDatabases>) {
 pub fn kamiguard() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_kamiguard"))
 }
+pub mod broker;

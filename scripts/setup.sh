@@ -20,7 +20,43 @@ if command -v rustup >/dev/null 2>&1; then
     done
 fi
 
-# The tests need nothing else today: they write their own GeoIP fixture
-# databases (mmdb-writer, a dev-dependency) and start no external process.
-# The Kafka pipeline work adds the Tansu broker and kafka-python here.
+# C toolchain pieces librdkafka (rdkafka-sys) builds with: make, a C
+# compiler, zlib and OpenSSL headers (TLS and SASL/SCRAM to brokers).
+missing=()
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do
+    dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
+done
+if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    ${sudo_cmd} apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${sudo_cmd} apt-get install -y -qq "${missing[@]}"
+fi
+
+# The test broker: Tansu 0.6.0, a Kafka-protocol broker (memory and SQLite
+# storage). About 12 minutes to build on two cores, once.
+TANSU_VERSION=0.6.0
+tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if [ -x "${tansu_bin}" ] && "${tansu_bin}" --version 2>/dev/null | grep -q "${TANSU_VERSION}"; then
+    :
+else
+    say "installing tansu ${TANSU_VERSION} (takes about 12 minutes)"
+    cargo install tansu --version "${TANSU_VERSION}" --locked --features dynostore,libsql
+fi
+
+# The outside client for the interoperability test: kafka-python, an
+# independent pure-Python implementation of the protocol, in a venv of ours.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${root}/.venv-interop"
+KAFKA_PYTHON_VERSION=2.2.15
+if ! "${venv}/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '${KAFKA_PYTHON_VERSION}')" 2>/dev/null; then
+    say "installing kafka-python ${KAFKA_PYTHON_VERSION} into .venv-interop"
+    python3 -m venv "${venv}"
+    "${venv}/bin/pip" install -q "kafka-python==${KAFKA_PYTHON_VERSION}"
+fi
+
 say "ready"

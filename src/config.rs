@@ -135,4 +135,19 @@ mod tests {
         c.apply_env(|k| (k == "KAMIGUARD_RULES").then(|| "b".to_string()));
         assert_eq!(c.rules, Some(PathBuf::from("b")));
     }
+
+    #[test]
+    fn the_shipped_config_file_loads_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kamiguard.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed = Config::parse(&path, &text).unwrap();
+        let expected = Config {
+            rules: Some(PathBuf::from("rules")),
+            ..Config::default()
+        };
+        assert_eq!(
+            parsed, expected,
+            "config/kamiguard.toml and the built-in defaults differ"
+        );
+    }
 }

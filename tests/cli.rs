@@ -267,3 +267,30 @@ fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"rule\":\"corporate-bulk-review\""));
 }
+
+#[test]
+fn demo_runs_the_pipeline_on_the_mock_cluster_and_stops_by_itself() {
+    let out = kamiguard()
+        .args(["demo", "--events", "20000", "--rate", "20000"])
+        .env_remove("KAMIGUARD_CODE_KEY")
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("kcat -b 127.0.0.1:"),
+        "prints the bootstrap address: {stdout}"
+    );
+    // One message in a thousand is malformed on purpose.
+    assert!(stdout.contains("attempts 19980  dead letters 20"), "{stdout}");
+    for rule in ["device-farm", "hosting-or-anonymous", "new-account-high-value"] {
+        assert!(
+            stdout.contains(rule),
+            "{rule} should fire in the demo traffic: {stdout}"
+        );
+    }
+}

@@ -312,3 +312,57 @@ fn sigkill_mid_attack_loses_nothing_and_reuses_decision_ids() {
     assert!(extra.is_empty(), "decisions under ids replay does not know: {extra:?}");
     assert_eq!(got, expected);
 }
+
+#[test]
+fn kafka_python_produces_attempts_and_reads_decisions_and_dead_letters() {
+    let python = common::root().join(".venv-interop/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh", python.display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-interop", 1);
+    let mut lines = generated(4000, 21);
+    lines.push(br#"{"event_id":"py-bad","kind":"activation","card":{"code":"PY-SECRET-CODE"}}"#.to_vec());
+    let expected = replay(&setup, &lines);
+    let events = setup.dir.path().join("events.jsonl");
+
+    let run = Processor::start(&setup, "run");
+    let out = std::process::Command::new(&python)
+        .arg(common::root().join("tests/interop/kafka_python_client.py"))
+        .args(["--bootstrap", &broker.bootstrap(), "--events"])
+        .arg(&events)
+        .args(["--decisions", &expected.len().to_string(), "--dead-letters", "1"])
+        .output()
+        .expect("run kafka-python client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(run.sigterm().code(), Some(0));
+
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("client output");
+    let decisions = seen["decisions"].as_array().expect("decisions");
+    let got = by_id(decisions.iter().map(|d| d["value"].as_str().expect("value").as_bytes()));
+    assert_eq!(got, expected, "decisions read by kafka-python differ from replay's");
+    for d in decisions {
+        let v: Value = serde_json::from_str(d["value"].as_str().expect("value")).expect("json");
+        assert_eq!(
+            d["key"],
+            format!(
+                "{}:{}",
+                v["scope"].as_str().expect("scope"),
+                v["subject"].as_str().expect("s")
+            )
+        );
+    }
+    let dead = seen["dead_letters"].as_array().expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["headers"]["kamiguard.reason"], "missing_field");
+    assert_eq!(
+        dead[0]["headers"]["kamiguard.source.offset"],
+        (lines.len() - 1).to_string()
+    );
+    assert_eq!(dead[0]["key"], "interop", "a dead letter keeps its key");
+    let value = dead[0]["value"].as_str().expect("value");
+    assert!(
+        !value.contains("PY-SECRET-CODE") && value.contains("code_hash"),
+        "{value}"
+    );
+}

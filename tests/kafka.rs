@@ -366,3 +366,36 @@ fn kafka_python_produces_attempts_and_reads_decisions_and_dead_letters() {
         "{value}"
     );
 }
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // SQLite storage: the broker keeps its topics and offsets over its restart.
+    let mut broker = Broker::sqlite(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-broker", 1);
+    let lines = generated(8000, 9);
+    let expected = replay(&setup, &lines);
+    let (first, second) = lines.split_at(lines.len() / 2);
+
+    // Resumed after the broker restart: one record per batch (see broker.rs).
+    broker.produce(ATTEMPTS, first, true);
+    let run = Processor::start(&setup, "run");
+    wait_committed(&broker, &setup, "kg-broker", first.len() as i64);
+    broker.restart();
+    broker.produce(ATTEMPTS, second, true);
+
+    let mut decisions = broker.reader(DECISIONS, 1);
+    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
+    let complete = decisions.read_until(Duration::from_secs(90), |seen| ids(seen).len() >= expected.len());
+    assert!(
+        complete,
+        "{} of {} decisions\n{}",
+        ids(&decisions.seen).len(),
+        expected.len(),
+        setup.logs()
+    );
+    wait_committed(&broker, &setup, "kg-broker", lines.len() as i64);
+    assert_eq!(run.sigterm().code(), Some(0));
+    assert_eq!(ids(&decisions.seen), expected);
+}

@@ -255,10 +255,8 @@ pub async fn run(
         batch.offsets.insert(partition, m.offset() + 1);
         processed.insert(partition, m.offset() + 1);
         batch.events += 1;
-        if batch.events >= pipeline.batch_events {
-            if !hand_off(&tx, &mut batch, &mut shutdown).await {
-                break Ok(());
-            }
+        if batch.events >= pipeline.batch_events && !hand_off(&tx, &mut batch, &mut shutdown).await {
+            break Ok(());
         }
     };
 

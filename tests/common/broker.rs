@@ -24,6 +24,7 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     storage: String,
+    dir: PathBuf,
     log: PathBuf,
 }
 
@@ -54,9 +55,11 @@ impl Broker {
         Broker::start("memory://tansu/".into(), dir)
     }
 
-    /// A broker on a SQLite file: survives its own restart.
+    /// A broker on a SQLite file in `dir`: survives its own restart. (Tansu
+    /// reads the path after `sqlite://` relative to its working directory,
+    /// even when it starts with a slash.)
     pub fn sqlite(dir: &Path) -> Broker {
-        Broker::start(format!("sqlite://{}", dir.join("tansu.db").display()), dir)
+        Broker::start("sqlite://tansu.db".into(), dir)
     }
 
     fn start(storage: String, dir: &Path) -> Broker {
@@ -64,6 +67,7 @@ impl Broker {
             child: None,
             port: free_port(),
             storage,
+            dir: dir.to_owned(),
             log: dir.join("tansu.log"),
         };
         b.spawn();
@@ -83,6 +87,7 @@ impl Broker {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
+            .current_dir(&self.dir)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/setup.sh", tansu().display()));
         self.child = Some(child);

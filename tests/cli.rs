@@ -294,3 +294,27 @@ fn demo_runs_the_pipeline_on_the_mock_cluster_and_stops_by_itself() {
         );
     }
 }
+
+#[test]
+fn demo_stops_cleanly_on_ctrl_c() {
+    let child = kamiguard()
+        .args(["demo", "--rate", "5000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start demo");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT")
+        .success());
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("attempts ") && stdout.contains("rule "),
+        "a last summary: {stdout}"
+    );
+}

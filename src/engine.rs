@@ -5,7 +5,6 @@
 //! decisions. Its state sits in `DashMap`s, so `process` takes `&self` and
 //! partitions may share one engine.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 
 use crate::decision::{decision_id, Decision, DecisionBook};
 use crate::enrich::{distance_km, GeoDatabases, GeoNeeds};
@@ -83,23 +83,43 @@ pub enum Verdict {
     Duplicate,
 }
 
-/// Per-key state of a threshold rule.
+/// Per-key state of a threshold rule: its aggregate (a [`SlidingSum`] or a
+/// [`DistinctWindow`]) and the newest event ids of the episode. The first
+/// sample is stored inline, so a key seen once (most keys under a flood of
+/// fresh codes or addresses) allocates nothing of its own.
 #[derive(Debug, Clone, Default)]
-struct WindowKey {
-    sum: SlidingSum,
-    distinct: DistinctWindow,
-    samples: VecDeque<Arc<str>>,
+struct WindowKey<A> {
+    agg: A,
+    samples: SmallVec<[Arc<str>; 1]>,
     last_ms: i64,
 }
 
-impl LastSeen for WindowKey {
+impl<A> LastSeen for WindowKey<A> {
     fn last_seen_ms(&self) -> i64 {
         self.last_ms
     }
 }
 
+impl<A> WindowKey<A> {
+    /// Adds the event through `add`; returns the aggregate and, when it
+    /// reaches `threshold`, the samples before this event.
+    fn observe(&mut self, e: &Event, threshold: u64, add: impl FnOnce(&mut A) -> u64) -> (u64, Option<Vec<String>>) {
+        self.last_ms = self.last_ms.max(e.ts_ms);
+        let value = add(&mut self.agg);
+        let samples = (value >= threshold).then(|| self.samples.iter().map(|s| s.to_string()).collect());
+        if self.samples.len() == MAX_SAMPLES {
+            self.samples.remove(0);
+        }
+        self.samples.push(e.event_id.clone());
+        (value, samples)
+    }
+}
+
 enum RuleState {
-    Windows(KeyedStore<WindowKey>),
+    /// Count and sum-of-face-value thresholds.
+    Sums(KeyedStore<WindowKey<SlidingSum>>),
+    /// Distinct-count thresholds.
+    Distincts(KeyedStore<WindowKey<DistinctWindow>>),
     Quota(KeyedQuota),
     Stateless,
 }
@@ -337,30 +357,27 @@ impl Engine {
                     bucket_ms,
                     threshold,
                 },
-                RuleState::Windows(store),
+                state,
             ) => {
                 let key = keys.get(*group_by)?;
-                let (amount, distinct) = match aggregate {
-                    CompiledAggregate::Count => (1, None),
-                    CompiledAggregate::SumFaceValue => (e.card.face_value_fen?, None),
-                    CompiledAggregate::Distinct(of) => (0, Some(keys.get(*of)?)),
-                };
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
-                let cap = (*threshold).min(10_000) as usize;
-                let (value, samples) = store.with(key, WindowKey::default, |w| {
-                    w.last_ms = w.last_ms.max(e.ts_ms);
-                    let value = match distinct {
-                        Some(v) => w.distinct.add(v, e.ts_ms, *window_ms, cap),
-                        None => w.sum.add(bucket, amount),
-                    };
-                    let samples =
-                        (value >= *threshold).then(|| w.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-                    if w.samples.len() == MAX_SAMPLES {
-                        w.samples.pop_front();
+                let (value, samples) = match (aggregate, state) {
+                    (CompiledAggregate::Count, RuleState::Sums(store)) => {
+                        store.with(key, Default::default, |w| w.observe(e, *threshold, |s| s.add(bucket, 1)))?
                     }
-                    w.samples.push_back(e.event_id.clone());
-                    (value, samples)
-                })?;
+                    (CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
+                        let amount = e.card.face_value_fen?;
+                        store.with(key, Default::default, |w| w.observe(e, *threshold, |s| s.add(bucket, amount)))?
+                    }
+                    (CompiledAggregate::Distinct(of), RuleState::Distincts(store)) => {
+                        let value = keys.get(*of)?;
+                        let cap = (*threshold).min(10_000) as usize;
+                        store.with(key, Default::default, |w| {
+                            w.observe(e, *threshold, |d| d.add(value, e.ts_ms, *window_ms, cap))
+                        })?
+                    }
+                    _ => return None,
+                };
                 let samples = samples?;
                 let group_subject = subject(*group_by, e, keys, facts)?;
                 let (shown, limit) = match aggregate {
@@ -550,7 +567,10 @@ impl Engine {
         let mut evicted = 0;
         for (rule, state) in self.rules.rules.iter().zip(&self.states) {
             evicted += match (state, &rule.kind) {
-                (RuleState::Windows(store), CompiledKind::Threshold { window_ms, .. }) => {
+                (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
+                    store.evict_idle(now - window_ms - lateness)
+                }
+                (RuleState::Distincts(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
                 }
                 (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
@@ -577,7 +597,11 @@ impl Engine {
 
 fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>) -> RuleState {
     match rule.kind {
-        CompiledKind::Threshold { .. } => RuleState::Windows(KeyedStore::new(budget.clone())),
+        CompiledKind::Threshold {
+            aggregate: CompiledAggregate::Distinct(_),
+            ..
+        } => RuleState::Distincts(KeyedStore::new(budget.clone())),
+        CompiledKind::Threshold { .. } => RuleState::Sums(KeyedStore::new(budget.clone())),
         CompiledKind::Quota {
             limit,
             period_secs,

@@ -105,7 +105,11 @@ impl SeenEvents {
             self.generation_start_ms = ts_ms;
         }
         if ts_ms.saturating_sub(self.generation_start_ms) >= self.window_ms || self.current.len() >= self.max_ids {
-            self.previous = std::mem::replace(&mut self.current, HashSet::with_hasher(key_hasher()));
+            // The next generation will likely hold as many ids as this one:
+            // sizing it so saves rehashing it through every doubling.
+            let expected = self.current.len().min(self.max_ids);
+            let next = HashSet::with_capacity_and_hasher(expected, key_hasher());
+            self.previous = std::mem::replace(&mut self.current, next);
             self.generation_start_ms = ts_ms;
         }
         if self.previous.contains(&id) {

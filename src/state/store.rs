@@ -102,27 +102,23 @@ impl<V: LastSeen> KeyedStore<V> {
     ///
     /// The DashMap guard lives only inside this call, never across an await.
     pub fn with<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-        if let Some(mut entry) = self.map.get_mut(&key) {
-            return Some(f(&mut entry));
-        }
-        if !self.budget.try_take() {
-            let hits = self.budget.note_cap_hit();
-            if hits.is_power_of_two() {
-                tracing::warn!(
-                    cap = self.budget.cap,
-                    hits,
-                    "State key cap reached; new keys are not tracked."
-                );
-            }
-            return None;
-        }
+        // One probe whether the key is there or not: a flood of new keys (the
+        // common case under attack) pays for one lookup, not two.
         match self.map.entry(key) {
-            dashmap::Entry::Occupied(mut e) => {
-                // Another thread created it between our two looks.
-                self.budget.give_back(1, false);
-                Some(f(e.get_mut()))
-            }
+            dashmap::Entry::Occupied(mut e) => Some(f(e.get_mut())),
             dashmap::Entry::Vacant(v) => {
+                if !self.budget.try_take() {
+                    drop(v);
+                    let hits = self.budget.note_cap_hit();
+                    if hits.is_power_of_two() {
+                        tracing::warn!(
+                            cap = self.budget.cap,
+                            hits,
+                            "State key cap reached; new keys are not tracked."
+                        );
+                    }
+                    return None;
+                }
                 let mut entry = v.insert(init());
                 Some(f(&mut entry))
             }

@@ -1,5 +1,7 @@
 //! Sliding windows on event time: bucketed sums and bounded exact distinct sets.
 
+use smallvec::SmallVec;
+
 /// Number of buckets a window is cut into. A window of W counts the bucket the
 /// newest event fell in and the `BUCKETS - 1` before it, so its span is between
 /// `W * (BUCKETS-1)/BUCKETS` and `W`: at most a tenth of the window is lost at
@@ -78,8 +80,9 @@ fn slot(bucket: i64) -> usize {
 /// When full, a new value replaces the one seen longest ago.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DistinctWindow {
-    /// (hash of the value, last time it was seen in ms).
-    seen: Vec<(u64, i64)>,
+    /// (hash of the value, last time it was seen in ms). The first is stored
+    /// inline: a key with one value allocates nothing.
+    seen: SmallVec<[(u64, i64); 1]>,
 }
 
 impl DistinctWindow {

@@ -26,6 +26,8 @@ missing=()
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Prometheus and promtool: the real scraper for the metrics and alert tests.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do
     dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
 done

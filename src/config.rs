@@ -33,6 +33,29 @@ pub struct Config {
     /// Batching, commits, restore and shutdown of `kamiguard run`.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The `/metrics`, `/healthz` and `/readyz` endpoint of `kamiguard run`.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The HTTP endpoint of `kamiguard run`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// Address to listen on. Loopback by default; `0.0.0.0:9464` to be scraped
+    /// from outside the host. Env: `KAMIGUARD_HTTP_LISTEN`.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +83,8 @@ pub const ENV_OVERRIDES: [(&str, &str); 4] = [
 pub const BROKERS_ENV: &str = "KAMIGUARD_BROKERS";
 /// Overrides `kafka.group_id`.
 pub const GROUP_ID_ENV: &str = "KAMIGUARD_GROUP_ID";
+/// Overrides `http.listen`.
+pub const HTTP_LISTEN_ENV: &str = "KAMIGUARD_HTTP_LISTEN";
 
 impl Config {
     /// Reads `path`, resolves relative paths against its folder, then applies
@@ -114,6 +139,9 @@ impl Config {
         }
         if let Some(group) = get(GROUP_ID_ENV).filter(|v| !v.is_empty()) {
             self.kafka.group_id = group;
+        }
+        if let Some(addr) = get(HTTP_LISTEN_ENV).and_then(|v| v.parse().ok()) {
+            self.http.listen = addr;
         }
     }
 }

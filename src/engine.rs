@@ -362,12 +362,14 @@ impl Engine {
                 let key = keys.get(*group_by)?;
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
                 let (value, samples) = match (aggregate, state) {
-                    (CompiledAggregate::Count, RuleState::Sums(store)) => {
-                        store.with(key, Default::default, |w| w.observe(e, *threshold, |s| s.add(bucket, 1)))?
-                    }
+                    (CompiledAggregate::Count, RuleState::Sums(store)) => store.with(key, Default::default, |w| {
+                        w.observe(e, *threshold, |s| s.add(bucket, 1))
+                    })?,
                     (CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
                         let amount = e.card.face_value_fen?;
-                        store.with(key, Default::default, |w| w.observe(e, *threshold, |s| s.add(bucket, amount)))?
+                        store.with(key, Default::default, |w| {
+                            w.observe(e, *threshold, |s| s.add(bucket, amount))
+                        })?
                     }
                     (CompiledAggregate::Distinct(of), RuleState::Distincts(store)) => {
                         let value = keys.get(*of)?;
@@ -582,6 +584,11 @@ impl Engine {
         evicted += self.cards.evict_idle(now - ttl);
         evicted += self.book.expire(now);
         evicted
+    }
+
+    /// Active decisions by scope at the engine's event time.
+    pub fn active_decisions(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        self.book.active_by_scope(self.clock.now_ms())
     }
 
     /// How late an event may arrive and still count, ms.

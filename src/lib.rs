@@ -21,6 +21,7 @@
 //! - [`pipeline`]: the replay file source and the traffic generator.
 //! - [`kafka`]: the live pipeline (`kamiguard run`): consume, decide, publish, commit, restore.
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod enrich;
 pub mod event;
 pub mod kafka;
+pub mod metrics;
 pub mod pipeline;
 pub mod rules;
 pub mod scenario;

@@ -89,6 +89,9 @@ enum Command {
         /// Rule file or directory instead of the built-in rule pack.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
     TestRules {
@@ -189,7 +192,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             partitions,
             rules,
-        } => demo_command(events, rate, seed, partitions, rules),
+            metrics,
+        } => demo_command(events, rate, seed, partitions, rules, metrics),
         Command::Generate { events, seed, rate } => {
             let text = kamiguard::pipeline::generate::generate(events, seed, rate);
             std::io::stdout().lock().write_all(text.as_bytes())?;
@@ -279,11 +283,26 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine::new(rules, geo, config.engine.clone())?);
     let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
     let (runtime, shutdown) = runtime_with_signals()?;
+    let metrics = Arc::new(kamiguard::metrics::Metrics::new());
+    let health = Arc::new(kamiguard::metrics::Health::default());
+    if config.http.enabled {
+        runtime
+            .block_on(kamiguard::metrics::serve(
+                config.http.listen,
+                metrics.clone(),
+                health.clone(),
+                engine.clone(),
+                shutdown.clone(),
+            ))
+            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    }
     let settings = kamiguard::kafka::Settings {
         kafka: config.kafka,
         pipeline: config.pipeline,
         engine,
         hasher,
+        metrics,
+        health,
     };
     let stats = Arc::new(kamiguard::kafka::RunStats::default());
     runtime
@@ -298,6 +317,7 @@ fn demo_command(
     seed: u64,
     partitions: i32,
     rules: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let rules = match rules {
         Some(path) => Some(load(
@@ -316,6 +336,7 @@ fn demo_command(
         seed,
         partitions,
         rules,
+        metrics,
     };
     let (runtime, shutdown) = runtime_with_signals()?;
     let redraw = std::io::stdout().is_terminal();

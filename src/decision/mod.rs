@@ -71,6 +71,7 @@ pub fn decision_id(
 /// The strongest active decision on one subject.
 #[derive(Debug, Clone)]
 pub struct Active {
+    pub scope: KeyName,
     pub action: Action,
     /// `i64::MAX`: until released.
     pub until_ms: i64,
@@ -114,6 +115,7 @@ impl DecisionBook {
         now_ms: i64,
     ) -> bool {
         let fresh = || Active {
+            scope,
             action,
             until_ms,
             rule: rule.clone(),
@@ -144,6 +146,7 @@ impl DecisionBook {
         self.active.with(
             Self::key(scope, subject, mode),
             || Active {
+                scope,
                 action: Action::Release,
                 until_ms: now_ms,
                 rule: "".into(),
@@ -161,6 +164,18 @@ impl DecisionBook {
 
     pub fn len(&self) -> usize {
         self.active.len()
+    }
+
+    /// Decisions still in force at `now_ms`, by scope (for the metrics; walks
+    /// the whole book, so call it at scrape time, not per event).
+    pub fn active_by_scope(&self, now_ms: i64) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        self.active.for_each(|a| {
+            if a.until_ms > now_ms && a.action != Action::Release {
+                *by.entry(a.scope.as_str()).or_default() += 1;
+            }
+        });
+        by
     }
 
     pub fn is_empty(&self) -> bool {

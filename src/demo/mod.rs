@@ -27,6 +27,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::enrich::GeoDatabases;
 use crate::event::CodeHasher;
 use crate::kafka::{run, KafkaConfig, PipelineConfig, RunError, RunStats, Settings};
+use crate::metrics::{serve, Health, Metrics};
 use crate::pipeline::generate::Traffic;
 use crate::rules::{compile_sources, RuleSet};
 
@@ -65,6 +66,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// Rules to run instead of the built-in pack.
     pub rules: Option<Arc<RuleSet>>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +76,8 @@ pub enum DemoError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("cannot write the demo geo databases: {0}")]
-    Geo(#[from] std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     #[error("{0}")]
     Setup(String),
 }
@@ -145,16 +148,24 @@ pub async fn demo(
         kafka.topics.attempts,
         kafka.topics.dead_letters,
     )
-    .map_err(DemoError::Geo)?;
+    .map_err(DemoError::Io)?;
 
     let stats = Arc::new(RunStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    if let Some(addr) = options.metrics {
+        let bound = serve(addr, metrics.clone(), health.clone(), engine.clone(), stop_rx.clone()).await?;
+        writeln!(screen, "metrics: http://{bound}/metrics").map_err(DemoError::Io)?;
+    }
     let pipeline = run(
         Settings {
             kafka: kafka.clone(),
             pipeline: PipelineConfig::default(),
-            engine,
+            engine: engine.clone(),
             hasher,
+            metrics: metrics.clone(),
+            health: health.clone(),
         },
         stats.clone(),
         stop_rx,
@@ -185,7 +196,7 @@ pub async fn demo(
                 && stats.consumed.load(Ordering::Relaxed) >= sent.load(Ordering::SeqCst)
                 && tally.total() >= stats.decisions.load(Ordering::Relaxed);
             if redraw && n % 4 == 0 && !done {
-                draw(screen, &tally, &stats, redraw).map_err(DemoError::Geo)?;
+                draw(screen, &tally, &stats, redraw).map_err(DemoError::Io)?;
             }
             if done {
                 break;
@@ -198,7 +209,7 @@ pub async fn demo(
     generator.abort();
     ran?;
     let tally = tally?;
-    draw(screen, &tally, &stats, false).map_err(DemoError::Geo)?;
+    draw(screen, &tally, &stats, false).map_err(DemoError::Io)?;
     Ok(tally)
 }
 

@@ -123,7 +123,7 @@ pub const FORCED_PRODUCER: [(&str, &str); 2] = [
 ];
 
 /// Tuned consumer defaults; any of them may be overridden.
-pub const DEFAULT_CONSUMER: [(&str, &str); 5] = [
+pub const DEFAULT_CONSUMER: [(&str, &str); 6] = [
     // A new group starts at the oldest retained attempt: nothing is skipped.
     ("auto.offset.reset", "earliest"),
     // Prefetch up to 32 MiB per partition: large fetches for throughput,
@@ -134,6 +134,8 @@ pub const DEFAULT_CONSUMER: [(&str, &str); 5] = [
     ("session.timeout.ms", "10000"),
     // A restore on assignment may take minutes on a large topic.
     ("max.poll.interval.ms", "600000"),
+    // Statistics every 5 s: the consumer-lag metric comes from them.
+    ("statistics.interval.ms", "5000"),
 ];
 
 /// Tuned producer defaults; any of them may be overridden.

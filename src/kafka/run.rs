@@ -20,12 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -35,7 +37,9 @@ use super::dead_letter::{dead_letter, Source};
 use super::restore::{restore, RestoreRange};
 use crate::decision::Decision;
 use crate::engine::{Engine, Verdict};
-use crate::event::{self, CodeHasher};
+use crate::event::{self, CodeHasher, Kind, Outcome};
+use crate::metrics::{Health, Metrics};
+use crate::rules::filter::{KINDS, OUTCOMES};
 
 /// Everything `run` needs.
 pub struct Settings {
@@ -43,6 +47,8 @@ pub struct Settings {
     pub pipeline: PipelineConfig,
     pub engine: Arc<Engine>,
     pub hasher: CodeHasher,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 /// Live counters, readable while the pipeline runs (the demo's summary, metrics).
@@ -84,12 +90,29 @@ pub enum RunError {
 
 /// Consumer context: notes that the assignment changed, so the loop restores
 /// newly assigned partitions before deciding on them.
-#[derive(Default)]
 pub struct RunContext {
     assignment_changed: AtomicBool,
+    metrics: Arc<Metrics>,
+    topic: String,
 }
 
-impl ClientContext for RunContext {}
+impl ClientContext for RunContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag
+    /// per partition of the attempts topic.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RunContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -107,9 +130,17 @@ impl ConsumerContext for RunContext {
 struct Batch {
     /// Next offset to consume, by partition, after this batch.
     offsets: BTreeMap<i32, i64>,
-    /// Acknowledgements of everything the batch published, with what it was.
-    acks: Vec<(&'static str, DeliveryFuture)>,
+    /// Acknowledgements of everything the batch published.
+    acks: Vec<Pending>,
     events: usize,
+}
+
+/// One published message awaiting its acknowledgement.
+struct Pending {
+    what: &'static str,
+    ack: DeliveryFuture,
+    /// For decisions: when the attempt was taken off the topic, and its event time.
+    timing: Option<(Instant, i64)>,
 }
 
 /// Creates the attempts, decisions and dead-letter topics if missing.
@@ -144,7 +175,10 @@ pub async fn run(
         pipeline,
         engine,
         hasher,
+        metrics,
+        health,
     } = settings;
+    health.rules_loaded.store(true, Ordering::SeqCst);
     kafka.validate()?;
     if !hasher.has_key() {
         return Err(RunError::NoCodeKey);
@@ -156,7 +190,11 @@ pub async fn run(
         kafka
             .consumer_config()
             .set("group.id", &kafka.group_id)
-            .create_with_context(RunContext::default())?,
+            .create_with_context(RunContext {
+                assignment_changed: AtomicBool::new(false),
+                metrics: metrics.clone(),
+                topic: kafka.topics.attempts.clone(),
+            })?,
     );
     consumer.subscribe(&[&kafka.topics.attempts])?;
     let producer: FutureProducer = kafka.producer_config().create()?;
@@ -169,6 +207,7 @@ pub async fn run(
         rx,
         Duration::from_millis(pipeline.commit_interval_ms),
         stats.clone(),
+        metrics.clone(),
     ));
 
     let lookback_ms = match pipeline.restore_lookback_secs {
@@ -188,6 +227,8 @@ pub async fn run(
         engine: &engine,
         hasher: &hasher,
         stats: &stats,
+        metrics: &metrics,
+        events_by: EventCounters::new(&metrics),
         decisions: Vec::new(),
     };
     let attempts = kafka.topics.attempts.as_str();
@@ -199,6 +240,36 @@ pub async fn run(
             _ = tick.tick() => None,
             m = consumer.recv() => Some(m),
         };
+        // Restore newly assigned partitions before deciding on any of their
+        // events (also on a quiet tick, so /readyz turns ready on an empty topic).
+        let unknown = matches!(&message, Some(Ok(m)) if !owned.contains(&m.partition()));
+        if consumer.context().assignment_changed.swap(false, Ordering::SeqCst) || unknown {
+            let started = Instant::now();
+            let restored = tokio::task::block_in_place(|| {
+                reconcile(
+                    &consumer,
+                    &kafka,
+                    &pipeline,
+                    &engine,
+                    &hasher,
+                    &mut owned,
+                    &processed,
+                    lookback_ms,
+                )
+            });
+            match restored {
+                Ok(n) => {
+                    stats.restored.fetch_add(n, Ordering::Relaxed);
+                    metrics.restored_events.inc_by(n);
+                    metrics
+                        .restore_seconds
+                        .with_label_values(&[] as &[&str])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => warn!(error = %e, "restore failed; continuing with the state there is"),
+            }
+            health.assigned.store(!owned.is_empty(), Ordering::SeqCst);
+        }
         let Some(message) = message else {
             let due = batch.events > 0 && batch_started.elapsed() >= Duration::from_millis(pipeline.batch_ms);
             if due && !hand_off(&tx, &mut batch, &mut shutdown).await {
@@ -216,26 +287,6 @@ pub async fn run(
             }
         };
         let partition = m.partition();
-        if consumer.context().assignment_changed.swap(false, Ordering::SeqCst) || !owned.contains(&partition) {
-            let restored = tokio::task::block_in_place(|| {
-                reconcile(
-                    &consumer,
-                    &kafka,
-                    &pipeline,
-                    &engine,
-                    &hasher,
-                    &mut owned,
-                    &processed,
-                    lookback_ms,
-                )
-            });
-            match restored {
-                Ok(n) => {
-                    stats.restored.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => warn!(error = %e, "restore failed; continuing with the state there is"),
-            }
-        }
         stats.consumed.fetch_add(1, Ordering::Relaxed);
         let source = Source {
             topic: attempts,
@@ -243,8 +294,9 @@ pub async fn run(
             offset: m.offset(),
         };
         let key = m.key().unwrap_or_default();
+        let ingested = Instant::now();
         if let Err(e) = out
-            .handle(m.payload().unwrap_or_default(), key, source, &mut batch)
+            .handle(m.payload().unwrap_or_default(), key, source, ingested, &mut batch)
             .await
         {
             break Err(e);
@@ -299,7 +351,42 @@ struct Outputs<'a> {
     engine: &'a Engine,
     hasher: &'a CodeHasher,
     stats: &'a RunStats,
+    metrics: &'a Metrics,
+    events_by: EventCounters,
     decisions: Vec<Decision>,
+}
+
+/// `events_total` resolved once per (kind, outcome): no label lookup per event.
+struct EventCounters(Vec<IntCounter>);
+
+impl EventCounters {
+    fn new(metrics: &Metrics) -> EventCounters {
+        let mut counters = Vec::with_capacity(KINDS.len() * OUTCOMES.len());
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                counters.push(
+                    metrics
+                        .events
+                        .with_label_values(&[&serde_name(&kind), &serde_name(&outcome)]),
+                );
+            }
+        }
+        EventCounters(counters)
+    }
+
+    fn get(&self, kind: Kind, outcome: Outcome) -> Option<&IntCounter> {
+        let k = KINDS.iter().position(|x| *x == kind)?;
+        let o = OUTCOMES.iter().position(|x| *x == outcome)?;
+        self.0.get(k * OUTCOMES.len() + o)
+    }
+}
+
+/// The name serde gives an enum value (`invalid_code`), for a label.
+fn serde_name(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
 }
 
 impl Outputs<'_> {
@@ -311,15 +398,23 @@ impl Outputs<'_> {
         payload: &[u8],
         key: &[u8],
         source: Source<'_>,
+        ingested: Instant,
         batch: &mut Batch,
     ) -> Result<(), RunError> {
-        let stats = self.stats;
+        let (stats, metrics) = (self.stats, self.metrics);
         match event::parse(payload, self.hasher) {
             Ok(e) => {
                 stats.events.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = self.events_by.get(e.kind, e.outcome) {
+                    c.inc();
+                }
                 self.decisions.clear();
-                if self.engine.process(&e, &mut self.decisions) == Verdict::Duplicate {
+                let started = Instant::now();
+                let verdict = self.engine.process(&e, &mut self.decisions);
+                metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
+                if verdict == Verdict::Duplicate {
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    metrics.duplicates.inc();
                 }
                 let now = chrono::Utc::now();
                 for d in &mut self.decisions {
@@ -331,8 +426,16 @@ impl Outputs<'_> {
                             what: "decision",
                             error,
                         })?;
-                    batch.acks.push(("decision", ack));
+                    batch.acks.push(Pending {
+                        what: "decision",
+                        ack,
+                        timing: Some((ingested, e.ts_ms)),
+                    });
                     stats.decisions.fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .decisions
+                        .with_label_values(&[&*d.rule, d.action.as_str(), d.scope.as_str(), d.mode.as_str()])
+                        .inc();
                 }
             }
             Err(error) => {
@@ -355,8 +458,13 @@ impl Outputs<'_> {
                     what: "dead letter",
                     error,
                 })?;
-                batch.acks.push(("dead letter", ack));
+                batch.acks.push(Pending {
+                    what: "dead letter",
+                    ack,
+                    timing: None,
+                });
                 stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics.rejected.with_label_values(&[error.reason()]).inc();
             }
         }
         Ok(())
@@ -412,6 +520,7 @@ async fn commit_loop(
     mut rx: mpsc::Receiver<Batch>,
     interval: Duration,
     stats: Arc<RunStats>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
     let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
@@ -449,9 +558,15 @@ async fn commit_loop(
                 continue;
             }
         };
-        for (what, ack) in batch.acks {
+        for Pending { what, ack, timing } in batch.acks {
             match ack.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if let Some((ingested, event_ms)) = timing {
+                        metrics.latency_from_ingest.observe(ingested.elapsed().as_secs_f64());
+                        let from_event = chrono::Utc::now().timestamp_millis() - event_ms;
+                        metrics.latency_from_event.observe(from_event.max(0) as f64 / 1000.0);
+                    }
+                }
                 Ok(Err((error, _))) => {
                     commit(&mut acked, CommitMode::Sync);
                     return Err(RunError::Delivery { what, error });

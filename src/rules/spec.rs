@@ -101,6 +101,16 @@ pub enum KeyName {
 }
 
 impl KeyName {
+    /// Every key name, in declaration order.
+    pub const ALL: [KeyName; 6] = [
+        KeyName::Card,
+        KeyName::Account,
+        KeyName::Device,
+        KeyName::Ip,
+        KeyName::IpPrefix,
+        KeyName::Asn,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyName::Card => "card",

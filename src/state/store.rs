@@ -143,6 +143,13 @@ impl<V: LastSeen> KeyedStore<V> {
         self.map.len()
     }
 
+    /// Calls `f` on every value (one shard locked at a time).
+    pub fn for_each(&self, mut f: impl FnMut(&V)) {
+        for entry in self.map.iter() {
+            f(entry.value());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

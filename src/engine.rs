@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -133,9 +133,15 @@ pub struct EngineStats {
     pub state: BudgetStats,
 }
 
-pub struct Engine {
+/// The rule set in force and the state of each of its rules, swapped whole
+/// by [`Engine::replace_rules`].
+struct Loaded {
     rules: Arc<RuleSet>,
     states: Vec<RuleState>,
+}
+
+pub struct Engine {
+    loaded: RwLock<Loaded>,
     geo: Arc<GeoDatabases>,
     accounts: KeyedStore<AccountMemory>,
     cards: KeyedStore<CardMemory>,
@@ -153,7 +159,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("rules", &self.rules.version)
+            .field("rules", &self.rules().version)
             .field("stats", &self.stats())
             .finish()
     }
@@ -184,11 +190,7 @@ impl Keys {
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, geo: Arc<GeoDatabases>, config: EngineConfig) -> Result<Engine, EngineError> {
-        let have = geo.available();
-        let need = rules.geo_needs;
-        if (need.city && !have.city) || (need.asn && !have.asn) || (need.anonymous && !have.anonymous) {
-            return Err(EngineError::MissingGeo(need));
-        }
+        check_geo(&rules, &geo)?;
         if config.ipv4_prefix_len > 32 || config.ipv6_prefix_len > 128 {
             return Err(EngineError::Config(
                 "ipv4_prefix_len must be 0..=32 and ipv6_prefix_len 0..=128".into(),
@@ -198,7 +200,7 @@ impl Engine {
         let clock = EventClock::default();
         let states = rules.rules.iter().map(|r| new_state(r, &clock, &budget)).collect();
         Ok(Engine {
-            states,
+            loaded: RwLock::new(Loaded { rules, states }),
             geo,
             accounts: KeyedStore::new(budget.clone()),
             cards: KeyedStore::new(budget.clone()),
@@ -216,13 +218,54 @@ impl Engine {
             processed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             decisions: AtomicU64::new(0),
-            rules,
             config,
         })
     }
 
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
+    fn loaded(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        // Nothing panics while holding the lock; a poisoned one is still whole.
+        self.loaded.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rule set in force.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.loaded().rules.clone()
+    }
+
+    /// Swaps in a new rule set between two events. A rule whose id and
+    /// version (the hash of its definition) are unchanged keeps its windows
+    /// and quotas; a new or changed rule starts empty; a removed rule's state
+    /// is dropped and its keys return to the budget.
+    pub fn replace_rules(&self, rules: Arc<RuleSet>) -> Result<Replaced, EngineError> {
+        check_geo(&rules, &self.geo)?;
+        let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::take(&mut loaded.states);
+        let mut by_version: std::collections::HashMap<(Arc<str>, Arc<str>), RuleState> = loaded
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.version.clone()))
+            .zip(old)
+            .collect();
+        let mut kept = 0;
+        let states = rules
+            .rules
+            .iter()
+            .map(|r| match by_version.remove(&(r.id.clone(), r.version.clone())) {
+                Some(state) => {
+                    kept += 1;
+                    state
+                }
+                None => new_state(r, &self.clock, &self.budget),
+            })
+            .collect();
+        let replaced = Replaced {
+            kept,
+            fresh: rules.rules.len() - kept,
+            dropped: by_version.len(),
+        };
+        *loaded = Loaded { rules, states };
+        Ok(replaced)
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -249,9 +292,9 @@ impl Engine {
         }
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.clock.advance_to(e.ts_ms);
-        self.maybe_sweep();
-
-        let rules = &self.rules;
+        let loaded = self.loaded();
+        self.maybe_sweep(&loaded);
+        let rules = &*loaded.rules;
         let geo = match e.ip {
             Some(ip) if rules.geo_needs.any() => self.geo.lookup(ip, rules.geo_needs),
             _ => Default::default(),
@@ -262,10 +305,10 @@ impl Engine {
         } else {
             None
         };
-        let facts = self.facts(e, &keys, geo, memory.as_ref());
+        let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
 
         let before = out.len();
-        for (rule, state) in rules.rules.iter().zip(&self.states) {
+        for (rule, state) in rules.rules.iter().zip(&loaded.states) {
             if !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys) {
                 continue;
             }
@@ -274,7 +317,7 @@ impl Engine {
             }
         }
         self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
-        self.remember(e, &keys, &facts);
+        self.remember(rules, e, &keys, &facts);
         Verdict::Processed
     }
 
@@ -299,7 +342,14 @@ impl Engine {
         }
     }
 
-    fn facts(&self, e: &Event, keys: &Keys, geo: crate::enrich::GeoFacts, memory: Option<&AccountMemory>) -> Facts {
+    fn facts(
+        &self,
+        rules: &RuleSet,
+        e: &Event,
+        keys: &Keys,
+        geo: crate::enrich::GeoFacts,
+        memory: Option<&AccountMemory>,
+    ) -> Facts {
         let mut facts = Facts {
             geo,
             account_age_ms: e.account.created_at_ms.map(|c| e.ts_ms - c),
@@ -317,13 +367,13 @@ impl Engine {
                 let hours = ((e.ts_ms - last.ts_ms).max(60_000)) as f64 / 3_600_000.0;
                 facts.speed_kmh = Some(d / hours);
             }
-        } else if self.rules.needs_account_memory && keys.device.is_some() {
+        } else if rules.needs_account_memory && keys.device.is_some() {
             // An account with no successes yet has no device of its own to differ from.
             facts.new_device = Some(false);
         }
         facts.bound_to_other_account = match e.card.bound_account.as_deref() {
             Some(bound) => bound != e.account.id.as_ref(),
-            None if self.rules.needs_card_memory => self
+            None if rules.needs_card_memory => self
                 .cards
                 .read(keys.card, |c| c.bound_account != keys.account)
                 .unwrap_or(false),
@@ -499,11 +549,11 @@ impl Engine {
 
     /// Updates account and card memory after the rules have seen the attempt,
     /// so an attempt is judged against what was known before it.
-    fn remember(&self, e: &Event, keys: &Keys, facts: &Facts) {
+    fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, facts: &Facts) {
         if e.outcome != Outcome::Success {
             return;
         }
-        if self.rules.needs_account_memory {
+        if rules.needs_account_memory {
             let place = facts.geo.location.map(|(lat, lon)| Place {
                 lat: lat as f32,
                 lon: lon as f32,
@@ -522,7 +572,7 @@ impl Engine {
                 }
             });
         }
-        if self.rules.needs_card_memory && e.kind == Kind::Activation {
+        if rules.needs_card_memory && e.kind == Kind::Activation {
             let bound = match e.card.bound_account.as_deref() {
                 Some(b) => key_of(b),
                 None => keys.account,
@@ -539,7 +589,7 @@ impl Engine {
     }
 
     /// Drops idle keys once per `sweep_every_secs` of event time.
-    fn maybe_sweep(&self) {
+    fn maybe_sweep(&self, loaded: &Loaded) {
         let now = self.clock.now_ms();
         let next = self.next_sweep_ms.load(Ordering::Acquire);
         if next == i64::MIN {
@@ -560,14 +610,18 @@ impl Engine {
         {
             return;
         }
-        self.sweep(now);
+        self.sweep_loaded(loaded, now);
     }
 
     /// Evicts everything that can no longer change a decision at event time `now`.
     pub fn sweep(&self, now: i64) -> usize {
+        self.sweep_loaded(&self.loaded(), now)
+    }
+
+    fn sweep_loaded(&self, loaded: &Loaded, now: i64) -> usize {
         let lateness = self.config.lateness_secs as i64 * 1000;
         let mut evicted = 0;
-        for (rule, state) in self.rules.rules.iter().zip(&self.states) {
+        for (rule, state) in loaded.rules.rules.iter().zip(&loaded.states) {
             evicted += match (state, &rule.kind) {
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
@@ -600,6 +654,26 @@ impl Engine {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+}
+
+/// A rule set may only need databases that are open.
+fn check_geo(rules: &RuleSet, geo: &GeoDatabases) -> Result<(), EngineError> {
+    let (have, need) = (geo.available(), rules.geo_needs);
+    if (need.city && !have.city) || (need.asn && !have.asn) || (need.anonymous && !have.anonymous) {
+        return Err(EngineError::MissingGeo(need));
+    }
+    Ok(())
+}
+
+/// What [`Engine::replace_rules`] did with each rule's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// Unchanged rules that kept their state.
+    pub kept: usize,
+    /// New or changed rules, starting empty.
+    pub fresh: usize,
+    /// States not carried over (rules removed or changed), dropped with their keys.
+    pub dropped: usize,
 }
 
 fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>) -> RuleState {

@@ -22,6 +22,7 @@
 //! - [`kafka`]: the live pipeline (`kamiguard run`): consume, decide, publish, commit, restore.
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`reload`]: hot reload of the rule files (SIGHUP or a change on disk).
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
@@ -34,6 +35,7 @@ pub mod event;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod rules;
 pub mod scenario;
 pub mod state;

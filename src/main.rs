@@ -4,6 +4,7 @@ use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -279,11 +280,15 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     };
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
-    let rules = load(&rules_path(&config), geo.available())?;
+    let available = geo.available();
+    let rules = load(&rules_path(&config), available)?;
     let engine = Arc::new(Engine::new(rules, geo, config.engine.clone())?);
     let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
     let (runtime, shutdown) = runtime_with_signals()?;
     let metrics = Arc::new(kamiguard::metrics::Metrics::new());
+    let reloader = kamiguard::reload::Reloader::new(rules_path(&config), available, engine.clone(), metrics.clone());
+    let poll = (config.pipeline.rules_poll_secs > 0).then(|| Duration::from_secs(config.pipeline.rules_poll_secs));
+    runtime.spawn(reloader.watch(poll, shutdown.clone()));
     let health = Arc::new(kamiguard::metrics::Health::default());
     if config.http.enabled {
         runtime

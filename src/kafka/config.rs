@@ -91,6 +91,8 @@ pub struct PipelineConfig {
     pub restore_idle_secs: u64,
     /// Longest a clean shutdown waits for the broker to acknowledge, seconds.
     pub shutdown_timeout_secs: u64,
+    /// How often the rule files are checked for changes, seconds (0: only on SIGHUP).
+    pub rules_poll_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -103,6 +105,7 @@ impl Default for PipelineConfig {
             restore_lookback_secs: None,
             restore_idle_secs: 30,
             shutdown_timeout_secs: 30,
+            rules_poll_secs: 2,
         }
     }
 }

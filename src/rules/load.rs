@@ -179,7 +179,8 @@ pub fn load_rules(path: &Path, available: GeoNeeds) -> Result<RuleSet, RuleError
     compile_sources(&sources, available)
 }
 
-fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleErrors> {
+/// The rule files under `path` (the file itself, or the directory's `*.toml`, sorted).
+pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleErrors> {
     let fail = |message: String| {
         RuleErrors(vec![RuleError {
             file: path.to_owned(),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::engine::EngineConfig;
 use crate::enrich::GeoConfig;
 use crate::kafka::{KafkaConfig, PipelineConfig};
@@ -36,6 +37,9 @@ pub struct Config {
     /// The `/metrics`, `/healthz` and `/readyz` endpoint of `kamiguard run`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin API (off unless a token is set).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// The HTTP endpoint of `kamiguard run`.
@@ -97,6 +101,7 @@ impl Config {
         let mut config = Config::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
+            &mut config.admin.allowlist_file,
             &mut config.rules,
             &mut config.geo.city,
             &mut config.geo.asn,

@@ -18,7 +18,7 @@ use crate::decision::{decision_id, Decision, DecisionBook};
 use crate::enrich::{distance_km, GeoDatabases, GeoNeeds};
 use crate::event::{format_ts, Event, Kind, Outcome};
 use crate::rules::filter::{human_secs, yuan};
-use crate::rules::{CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
+use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
     key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen,
     Place, SeenEvents, SlidingSum, StateBudget,
@@ -142,6 +142,8 @@ struct Loaded {
 
 pub struct Engine {
     loaded: RwLock<Loaded>,
+    /// Allowlist entries that apply to every rule (the admin API's).
+    global_allow: RwLock<Allow>,
     geo: Arc<GeoDatabases>,
     accounts: KeyedStore<AccountMemory>,
     cards: KeyedStore<CardMemory>,
@@ -201,6 +203,7 @@ impl Engine {
         let states = rules.rules.iter().map(|r| new_state(r, &clock, &budget)).collect();
         Ok(Engine {
             loaded: RwLock::new(Loaded { rules, states }),
+            global_allow: RwLock::new(Allow::default()),
             geo,
             accounts: KeyedStore::new(budget.clone()),
             cards: KeyedStore::new(budget.clone()),
@@ -308,8 +311,9 @@ impl Engine {
         let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
 
         let before = out.len();
+        let global = self.global_allow.read().unwrap_or_else(|p| p.into_inner());
         for (rule, state) in rules.rules.iter().zip(&loaded.states) {
-            if !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys) {
+            if !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys, &global) {
                 continue;
             }
             if let Some(d) = self.evaluate(rule, state, e, &keys, &facts) {
@@ -382,12 +386,53 @@ impl Engine {
         facts
     }
 
-    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys) -> bool {
-        let allow = &rule.allow;
-        !allow.is_empty()
-            && (allow.accounts.contains(&keys.account)
-                || keys.device.is_some_and(|d| allow.devices.contains(&d))
-                || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
+    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys, global: &Allow) -> bool {
+        [&rule.allow, global].into_iter().any(|allow| {
+            !allow.is_empty()
+                && (allow.accounts.contains(&keys.account)
+                    || keys.device.is_some_and(|d| allow.devices.contains(&d))
+                    || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
+        })
+    }
+
+    /// Replaces the allowlist that applies to every rule.
+    pub fn set_global_allow(&self, allow: Allow) {
+        *self.global_allow.write().unwrap_or_else(|p| p.into_inner()) = allow;
+    }
+
+    /// Decisions in force at the engine's event time.
+    pub fn decisions_in_force(&self) -> Vec<crate::decision::Active> {
+        self.book.in_force(self.clock.now_ms())
+    }
+
+    /// Lifts the decision in force on `subject` and returns the `release`
+    /// decision to publish, or `None` when nothing was in force. The id is
+    /// deterministic for the subject and the engine's event time.
+    pub fn release(&self, scope: KeyName, subject: &str, mode: crate::rules::Mode) -> Option<Decision> {
+        let now = self.clock.now_ms();
+        let lifted = self.book.release(scope, subject, mode, now)?;
+        Some(Decision {
+            decision_id: decision_id("release", &lifted.rule, scope, subject, now, "admin"),
+            decided_at: String::new(),
+            event_ts: format_ts(now),
+            action: crate::rules::Action::Release,
+            scope,
+            subject: subject.to_string(),
+            until: None,
+            rule: lifted.rule.clone(),
+            rule_version: "admin".into(),
+            mode,
+            score: 0,
+            reason: format!(
+                "{} of {} {} lifted by an operator through the admin API",
+                lifted.action.as_str(),
+                scope.as_str(),
+                subject
+            ),
+            evidence: json!({ "released_action": lifted.action.as_str(), "released_rule": &*lifted.rule }),
+            trigger_event_id: "admin".into(),
+            sample_event_ids: Vec::new(),
+        })
     }
 
     fn evaluate(

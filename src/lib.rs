@@ -23,9 +23,11 @@
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`reload`]: hot reload of the rule files (SIGHUP or a change on disk).
+//! - [`admin`]: the token-protected admin API (decisions, releases, allowlist, rules).
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
+pub mod admin;
 pub mod config;
 pub mod decision;
 pub mod demo;

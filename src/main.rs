@@ -290,6 +290,15 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     let poll = (config.pipeline.rules_poll_secs > 0).then(|| Duration::from_secs(config.pipeline.rules_poll_secs));
     runtime.spawn(reloader.watch(poll, shutdown.clone()));
     let health = Arc::new(kamiguard::metrics::Health::default());
+    let config_dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let admin = {
+        let _guard = runtime.enter();
+        kamiguard::admin::Admin::new(&config.admin, &config.kafka, engine.clone(), &config_dir)
+            .map_err(|e| anyhow::anyhow!("admin API: {e}"))?
+    };
+    if admin.is_some() && !config.http.enabled {
+        bail!("the admin API is served on the HTTP endpoint: set http.enabled = true or unset the admin token");
+    }
     if config.http.enabled {
         runtime
             .block_on(kamiguard::metrics::serve(
@@ -297,6 +306,7 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
                 metrics.clone(),
                 health.clone(),
                 engine.clone(),
+                admin.as_ref().map(|a| a.router()),
                 shutdown.clone(),
             ))
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;

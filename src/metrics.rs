@@ -212,13 +212,15 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+/// Serves `/metrics`, `/healthz`, `/readyz` (and `extra` routes, the admin
+/// API) on `addr` until `shutdown`.
 /// Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     engine: Arc<Engine>,
+    extra: Option<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -252,6 +254,10 @@ pub async fn serve(
                 }
             }),
         );
+    let app = match extra {
+        Some(routes) => app.merge(routes),
+        None => app,
+    };
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -24,6 +24,11 @@ struct Setup {
 }
 
 fn setup(broker_port: u16, group: &str, partitions: i32) -> Setup {
+    setup_with(broker_port, group, partitions, "")
+}
+
+/// [`setup`] with more configuration appended.
+fn setup_with(broker_port: u16, group: &str, partitions: i32, extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let geo = kamiguard::demo::geo::write_geo_fixtures(&dir.path().join("geo")).expect("geo");
     let path = |p: &Option<PathBuf>| p.as_ref().expect("geo path").display().to_string();
@@ -46,6 +51,8 @@ replication_factor = 1
 [pipeline]
 commit_interval_ms = 100
 batch_ms = 10
+rules_poll_secs = 0
+{extra}
 "#,
             rules = common::root().join("config/rules").display(),
             city = path(&geo.city),
@@ -83,12 +90,17 @@ struct Processor {
 
 impl Processor {
     fn start(setup: &Setup, name: &str) -> Processor {
+        Processor::start_with(setup, name, &[])
+    }
+
+    fn start_with(setup: &Setup, name: &str, env: &[(&str, &str)]) -> Processor {
         let log = std::fs::File::create(setup.dir.path().join(format!("{name}.log"))).expect("log");
         let child = common::kamiguard()
             .args(["run", "--config"])
             .arg(&setup.config)
             .env("KAMIGUARD_CODE_KEY", KEY)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -398,4 +410,137 @@ fn broker_restart_mid_stream_loses_nothing() {
     wait_committed(&broker, &setup, "kg-broker", lines.len() as i64);
     assert_eq!(run.sigterm().code(), Some(0));
     assert_eq!(ids(&decisions.seen), expected);
+}
+
+/// An HTTP request to kamiguard's endpoint: (status, JSON body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok());
+    (status, json.unwrap_or(Value::Null))
+}
+
+fn wait_http(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "no HTTP endpoint on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn high_value_attempt(id: &str, account: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{id}","ts":"2026-11-22T02:00:00Z","kind":"redemption","outcome":"success","card":{{"code_hash":"aa00bb11cc22","face_value":200000}},"account":{{"id":"{account}","created_at":"2026-11-21T00:00:00Z","verified":false,"country":"CN"}},"ip":"175.16.199.9"}}"#
+    )
+    .into_bytes()
+}
+
+#[test]
+fn admin_api_needs_its_token_releases_decisions_and_keeps_the_allowlist() {
+    const TOKEN: &str = "s3cret-admin-token";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let port = common::broker::free_port();
+    let setup = setup_with(
+        broker.port,
+        "kg-admin",
+        1,
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let env = [("KAMIGUARD_ADMIN_TOKEN", TOKEN)];
+
+    broker.produce(ATTEMPTS, &[high_value_attempt("a-1", "u-new-1")], true);
+    let run = Processor::start_with(&setup, "run-1", &env);
+    wait_http(port);
+    let mut decisions = broker.reader(DECISIONS, 1);
+    assert!(
+        decisions.read_until(Duration::from_secs(60), |seen| !seen.is_empty()),
+        "{}",
+        setup.logs()
+    );
+
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, _) = http(port, "GET", "/admin/decisions", token, None);
+        assert_eq!(status, 401, "token {token:?} must be refused");
+    }
+    let (status, body) = http(port, "POST", "/admin/decisions/release", None, Some("{}"));
+    assert_eq!((status, body["error"].is_string()), (401, true));
+
+    let (status, body) = http(port, "GET", "/admin/decisions", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    let active = body["decisions"].as_array().expect("decisions");
+    let held = active
+        .iter()
+        .find(|d| d["subject"] == "u-new-1")
+        .expect("the challenge is in force");
+    assert_eq!(held["rule"], "new-account-high-value");
+
+    let release = r#"{"scope":"account","subject":"u-new-1"}"#;
+    let (status, body) = http(port, "POST", "/admin/decisions/release", Some(TOKEN), Some(release));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["action"], "release");
+    assert!(
+        decisions.read_until(Duration::from_secs(30), |seen| seen.iter().any(|r| {
+            let d: Value = serde_json::from_slice(&r.payload).unwrap_or_default();
+            d["action"] == "release" && d["subject"] == "u-new-1"
+        })),
+        "the release reaches the decisions topic"
+    );
+    let (status, _) = http(port, "POST", "/admin/decisions/release", Some(TOKEN), Some(release));
+    assert_eq!(status, 404, "nothing left in force to release");
+
+    let entry = r#"{"kind":"account","value":"u-vip"}"#;
+    let (status, body) = http(port, "POST", "/admin/allowlist", Some(TOKEN), Some(entry));
+    assert_eq!((status, body["changed"].as_bool()), (200, Some(true)), "{body}");
+    let (status, body) = http(
+        port,
+        "POST",
+        "/admin/allowlist",
+        Some(TOKEN),
+        Some(r#"{"kind":"cidr","value":"nope"}"#),
+    );
+    assert_eq!((status, body["error"].is_string()), (400, true));
+    assert_eq!(run.sigterm().code(), Some(0));
+
+    let run = Processor::start_with(&setup, "run-2", &env);
+    wait_http(port);
+    let (status, body) = http(port, "GET", "/admin/allowlist", Some(TOKEN), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["accounts"],
+        serde_json::json!(["u-vip"]),
+        "allowlist entries survive a restart"
+    );
+    // The allowlisted account is exempt; another one in the same situation is not.
+    broker.produce(
+        ATTEMPTS,
+        &[high_value_attempt("a-2", "u-vip"), high_value_attempt("a-3", "u-new-3")],
+        true,
+    );
+    let subject = |r: &Record| serde_json::from_slice::<Value>(&r.payload).unwrap_or_default()["subject"].clone();
+    assert!(decisions.read_until(Duration::from_secs(60), |seen| seen
+        .iter()
+        .any(|r| subject(r) == "u-new-3")));
+    decisions.drain(Duration::from_millis(500));
+    assert!(
+        !decisions.seen.iter().any(|r| subject(r) == "u-vip"),
+        "an allowlisted account got a decision"
+    );
+    assert_eq!(run.sigterm().code(), Some(0));
 }

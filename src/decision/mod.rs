@@ -72,6 +72,8 @@ pub fn decision_id(
 #[derive(Debug, Clone)]
 pub struct Active {
     pub scope: KeyName,
+    pub subject: Arc<str>,
+    pub mode: Mode,
     pub action: Action,
     /// `i64::MAX`: until released.
     pub until_ms: i64,
@@ -116,6 +118,8 @@ impl DecisionBook {
     ) -> bool {
         let fresh = || Active {
             scope,
+            subject: subject.into(),
+            mode,
             action,
             until_ms,
             rule: rule.clone(),
@@ -141,20 +145,32 @@ impl DecisionBook {
         verdict.unwrap_or(true)
     }
 
-    /// Lifts the decision on a subject (an admin release).
-    pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) {
+    /// Lifts the decision in force on a subject (an admin release); returns
+    /// what was lifted, or `None` when nothing was in force at `now_ms`.
+    pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) -> Option<Active> {
+        let lifted = self.active.read(Self::key(scope, subject, mode), |a| {
+            (a.until_ms > now_ms && a.action != Action::Release).then(|| a.clone())
+        })??;
         self.active.with(
             Self::key(scope, subject, mode),
-            || Active {
-                scope,
-                action: Action::Release,
-                until_ms: now_ms,
-                rule: "".into(),
-            },
+            || lifted.clone(),
             |a| {
                 a.until_ms = now_ms;
+                a.action = Action::Release;
             },
         );
+        Some(lifted)
+    }
+
+    /// Every decision in force at `now_ms` (walks the whole book).
+    pub fn in_force(&self, now_ms: i64) -> Vec<Active> {
+        let mut all = Vec::new();
+        self.active.for_each(|a| {
+            if a.until_ms > now_ms && a.action != Action::Release {
+                all.push(a.clone());
+            }
+        });
+        all
     }
 
     /// Drops decisions that have lapsed by `now_ms`.

@@ -28,6 +28,8 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Prometheus and promtool: the real scraper for the metrics and alert tests.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# systemd-analyze, to verify deploy/systemd/kamiguard.service.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do
     dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
 done
@@ -54,11 +56,13 @@ fi
 # independent pure-Python implementation of the protocol, in a venv of ours.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${root}/.venv-interop"
+# PyYAML there too, for the deploy/ manifest checks.
 KAFKA_PYTHON_VERSION=2.2.15
-if ! "${venv}/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '${KAFKA_PYTHON_VERSION}')" 2>/dev/null; then
-    say "installing kafka-python ${KAFKA_PYTHON_VERSION} into .venv-interop"
+PYYAML_VERSION=6.0.2
+if ! "${venv}/bin/python" -c "import kafka, yaml, sys; sys.exit(kafka.__version__ != '${KAFKA_PYTHON_VERSION}')" 2>/dev/null; then
+    say "installing kafka-python ${KAFKA_PYTHON_VERSION} and PyYAML ${PYYAML_VERSION} into .venv-interop"
     python3 -m venv "${venv}"
-    "${venv}/bin/pip" install -q "kafka-python==${KAFKA_PYTHON_VERSION}"
+    "${venv}/bin/pip" install -q "kafka-python==${KAFKA_PYTHON_VERSION}" "PyYAML==${PYYAML_VERSION}"
 fi
 
 say "ready"

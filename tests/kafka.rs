@@ -21,18 +21,16 @@ const DLQ: &str = "kamiguard.attempts.dlq";
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// The HTTP endpoint's port: each test its own, since tests run at once.
+    http_port: u16,
 }
 
 fn setup(broker_port: u16, group: &str, partitions: i32) -> Setup {
-    setup_with(broker_port, group, partitions, "")
-}
-
-/// [`setup`] with more configuration appended.
-fn setup_with(broker_port: u16, group: &str, partitions: i32, extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let geo = kamiguard::demo::geo::write_geo_fixtures(&dir.path().join("geo")).expect("geo");
     let path = |p: &Option<PathBuf>| p.as_ref().expect("geo path").display().to_string();
     let config = dir.path().join("kamiguard.toml");
+    let http_port = common::broker::free_port();
     std::fs::write(
         &config,
         format!(
@@ -52,7 +50,8 @@ replication_factor = 1
 commit_interval_ms = 100
 batch_ms = 10
 rules_poll_secs = 0
-{extra}
+[http]
+listen = "127.0.0.1:{http_port}"
 "#,
             rules = common::root().join("config/rules").display(),
             city = path(&geo.city),
@@ -61,7 +60,7 @@ rules_poll_secs = 0
         ),
     )
     .expect("write config");
-    Setup { dir, config }
+    Setup { dir, config, http_port }
 }
 
 impl Setup {
@@ -456,13 +455,8 @@ fn admin_api_needs_its_token_releases_decisions_and_keeps_the_allowlist() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::memory(dir.path());
     broker.create_topics(1);
-    let port = common::broker::free_port();
-    let setup = setup_with(
-        broker.port,
-        "kg-admin",
-        1,
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    let setup = setup(broker.port, "kg-admin", 1);
+    let port = setup.http_port;
     let env = [("KAMIGUARD_ADMIN_TOKEN", TOKEN)];
 
     broker.produce(ATTEMPTS, &[high_value_attempt("a-1", "u-new-1")], true);
@@ -543,4 +537,206 @@ fn admin_api_needs_its_token_releases_decisions_and_keeps_the_allowlist() {
         "an allowlisted account got a decision"
     );
     assert_eq!(run.sigterm().code(), Some(0));
+}
+
+/// Hostile messages and the reason each must be dead-lettered with.
+fn malformed_corpus() -> Vec<(Vec<u8>, &'static str)> {
+    let valid = |ip: &str| {
+        format!(
+            r#"{{"event_id":"ok-{ip}","ts":"2026-11-22T01:00:00Z","kind":"redemption","outcome":"success","card":{{"code_hash":"aabbccddeeff"}},"account":{{"id":"u-1"}},"ip":"{ip}"}}"#
+        )
+    };
+    let with = |field: &str, value: &str| {
+        let base = r#"{"event_id":"m-1","ts":"2026-11-22T01:00:00Z","kind":"redemption","outcome":"success","card":{"code_hash":"aabbccddeeff"},"account":{"id":"u-1"}}"#;
+        let mut v: Value = serde_json::from_str(base).expect("base");
+        let parsed: Value = serde_json::from_str(value).expect("value");
+        let mut at = &mut v;
+        let parts: Vec<&str> = field.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[parts[parts.len() - 1]] = parsed;
+        serde_json::to_vec(&v).expect("json")
+    };
+    vec![
+        (Vec::new(), "not_json"),
+        (b"\xc3\x28 invalid utf-8".to_vec(), "not_utf8"),
+        (b"{\"event_id\":\"nul\0\"}".to_vec(), "not_json"),
+        (b"null".to_vec(), "not_json"),
+        (b"[1,2,3]".to_vec(), "not_json"),
+        (b"42".to_vec(), "not_json"),
+        ("[".repeat(100_000).into_bytes(), "too_large"),
+        ("[".repeat(5_000).into_bytes(), "not_json"),
+        (
+            format!("{{\"event_id\":\"{}\"}}", "x".repeat(900_000)).into_bytes(),
+            "too_large",
+        ),
+        (with("event_id", &format!("\"{}\"", "e".repeat(129))), "invalid_value"),
+        (with("event_id", "\"\""), "invalid_value"),
+        (with("ts", "\"99999-01-01T00:00:00Z\""), "invalid_value"),
+        (with("ts", "\"1969-12-31T23:59:59Z\""), "invalid_value"),
+        (with("ts", "1795305600"), "wrong_type"),
+        (with("ts", "\"yesterday\""), "invalid_value"),
+        (with("kind", "\"refund\""), "invalid_value"),
+        (with("outcome", "null"), "wrong_type"),
+        (with("account.id", "42"), "wrong_type"),
+        (with("card.face_value", "-5"), "invalid_value"),
+        (
+            br#"{"event_id":"m-1","ts":"2026-11-22T01:00:00Z","kind":"redemption","outcome":"success","card":{"code_hash":"aabbccddeeff","face_value":1e400},"account":{"id":"u-1"}}"#.to_vec(),
+            "invalid_value",
+        ),
+        (with("ip", "\"1:2:3:4:5:6:7:8:9\""), "invalid_value"),
+        (with("ip", "\"fe80::1%eth0\""), "invalid_value"),
+        (with("ip", "\"256.1.1.1\""), "invalid_value"),
+        (with("ip", "[\"175.16.199.7\"]"), "wrong_type"),
+        (with("account.verified", "\"yes\""), "wrong_type"),
+        // Edge cases that are valid: they must not be dead-lettered.
+        (valid("::ffff:175.16.199.7").into_bytes(), ""),
+        (valid("::").into_bytes(), ""),
+        (valid("2001:db8::1").into_bytes(), ""),
+    ]
+}
+
+#[test]
+fn hostile_messages_are_dead_lettered_with_their_reason_and_nothing_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-hostile", 1);
+    let corpus = malformed_corpus();
+    let messages: Vec<Vec<u8>> = corpus.iter().map(|(m, _)| m.clone()).collect();
+    broker.produce(ATTEMPTS, &messages, false);
+    let run = Processor::start(&setup, "run");
+    let bad: Vec<(usize, &str)> = corpus
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, r))| !r.is_empty())
+        .map(|(i, (_, r))| (i, *r))
+        .collect();
+    let mut dead = broker.reader(DLQ, 1);
+    dead.read_until(Duration::from_secs(60), |seen| seen.len() >= bad.len());
+    wait_committed(&broker, &setup, "kg-hostile", corpus.len() as i64);
+    dead.drain(Duration::from_millis(500));
+    assert_eq!(
+        run.sigterm().code(),
+        Some(0),
+        "the processor survived the corpus\n{}",
+        setup.logs()
+    );
+
+    let got: Vec<(i64, String)> = dead
+        .seen
+        .iter()
+        .map(|r| {
+            let offset = header(r, "kamiguard.source.offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(-1);
+            (offset, header(r, "kamiguard.reason").unwrap_or_default().to_string())
+        })
+        .collect();
+    let want: Vec<(i64, String)> = bad.iter().map(|(i, r)| (*i as i64, r.to_string())).collect();
+    assert_eq!(got, want, "each hostile message dead-lettered once, with its reason");
+    for r in &dead.seen {
+        let error = header(r, "kamiguard.error").unwrap_or_default();
+        assert!(
+            !error.is_empty() && error.len() < 300,
+            "a short sentence, never the value: {error}"
+        );
+    }
+}
+
+#[test]
+fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-leak", 1);
+    let port = setup.http_port;
+    // One code tried by four accounts (a decision on the card), and codes in
+    // messages that are refused.
+    let code = |n: u32| format!("LEAKCHECK-{n:04}-ZQX");
+    let mut lines = Vec::new();
+    for (i, account) in ["u-a", "u-b", "u-c", "u-d"].iter().enumerate() {
+        lines.push(format!(
+            r#"{{"event_id":"leak-{i}","ts":"2026-11-22T03:00:0{i}Z","kind":"redemption","outcome":"invalid_code","card":{{"code":"{}"}},"account":{{"id":"{account}"}},"device":{{"fingerprint":"fp-{account}"}},"ip":"175.16.199.{i}"}}"#,
+            code(1)
+        ).into_bytes());
+    }
+    lines.push(format!(r#"{{"event_id":"leak-bad","card":{{"code":"{}"}}}}"#, code(2)).into_bytes());
+    lines.push(
+        format!(
+            r#"{{"event_id":"leak-bad2","ts":"nope","card":{{"code":"{}"}},"account":{{"id":"x"}}}}"#,
+            code(3)
+        )
+        .into_bytes(),
+    );
+    let codes = [code(1), code(2), code(3)];
+
+    broker.produce(ATTEMPTS, &lines, false);
+    let run = Processor::start_with(&setup, "run", &[("RUST_LOG", "debug")]);
+    let mut decisions = broker.reader(DECISIONS, 1);
+    assert!(
+        decisions.read_until(Duration::from_secs(60), |seen| seen.iter().any(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap_or_default()["scope"] == "card"
+        })),
+        "the shared code should be decided on\n{}",
+        setup.logs()
+    );
+    let mut dead = broker.reader(DLQ, 1);
+    assert!(dead.read_until(Duration::from_secs(30), |seen| seen.len() >= 2));
+    wait_committed(&broker, &setup, "kg-leak", lines.len() as i64);
+    wait_http(port);
+    let (_, _) = http(port, "GET", "/healthz", None, None);
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text
+    };
+    assert!(metrics.contains("kamiguard_events_total"), "{metrics}");
+    assert_eq!(run.sigterm().code(), Some(0));
+
+    let replay_out = common::kamiguard()
+        .args(["replay", "--config"])
+        .arg(&setup.config)
+        .arg({
+            let p = setup.dir.path().join("leak.jsonl");
+            std::fs::write(&p, lines.join(&b'\n')).expect("write");
+            p
+        })
+        .env("KAMIGUARD_CODE_KEY", KEY)
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("replay");
+    let mut haystacks = vec![
+        (
+            "run log",
+            std::fs::read_to_string(setup.dir.path().join("run.log")).expect("log"),
+        ),
+        ("metrics", metrics),
+        (
+            "replay stdout",
+            String::from_utf8_lossy(&replay_out.stdout).into_owned(),
+        ),
+        (
+            "replay stderr",
+            String::from_utf8_lossy(&replay_out.stderr).into_owned(),
+        ),
+    ];
+    for r in decisions.seen.iter().chain(&dead.seen) {
+        haystacks.push(("message", String::from_utf8_lossy(&r.payload).into_owned()));
+        haystacks.push(("headers", format!("{:?}", r.headers)));
+        haystacks.push((
+            "key",
+            String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+        ));
+    }
+    assert!(haystacks[0].1.contains("DEBUG"), "debug logging was on");
+    for (what, text) in &haystacks {
+        for c in &codes {
+            assert!(!text.contains(c.as_str()), "raw code {c} found in the {what}: {text}");
+        }
+    }
 }

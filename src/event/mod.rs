@@ -286,10 +286,23 @@ fn explain_json_error(text: &str) -> EventError {
     };
     let path = err.path().to_string();
     let inner = err.into_inner();
-    if matches!(
+    let syntax = matches!(
         inner.classify(),
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-    ) {
+    );
+    // serde_json reports a value an enum cannot start with (`"outcome": null`)
+    // and a number beyond f64 (`1e400`) as syntax errors; when the text is
+    // valid JSON they are problems of the field the path names.
+    if syntax && path != "." && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        if inner.to_string().starts_with("number out of range") {
+            return EventError::invalid(&path, "value out of range");
+        }
+        return EventError::WrongType {
+            field: path,
+            expected: "one of the allowed values".to_owned(),
+        };
+    }
+    if syntax {
         // serde_json's syntax messages never quote the input; keep the position.
         return EventError::NotJson(format!(
             "syntax error at line {} column {}",

@@ -141,3 +141,14 @@ fn ipv4_mapped_ipv6_is_the_same_client() {
     assert_eq!(e.ip, Some("175.16.199.7".parse().expect("ip")));
     assert!(parse_str(&with("\"ip\":\"175.16.199.7\"", "\"ip\":\"fe80::1%eth0\"")).is_err());
 }
+
+#[test]
+fn a_null_where_an_enum_goes_is_a_wrong_type_not_a_syntax_error() {
+    let line = r#"{"event_id":"m-1","ts":"2026-11-22T01:00:00Z","kind":"redemption","outcome":null,"card":{"code_hash":"aabbccddeeff"},"account":{"id":"u-1"}}"#;
+    let err = parse(line.as_bytes(), &CodeHasher::without_key()).unwrap_err();
+    assert_eq!(err.reason(), "wrong_type");
+    assert_eq!(
+        err.to_string(),
+        "field `outcome` has the wrong type, expected one of the allowed values"
+    );
+}

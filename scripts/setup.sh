@@ -52,6 +52,15 @@ else
     cargo install tansu --version "${TANSU_VERSION}" --locked --features dynostore,libsql
 fi
 
+# cargo-deny (dependency hygiene) and cargo-fuzz (the fuzz targets in fuzz/).
+for tool in "cargo-deny 0.20.2 deny" "cargo-fuzz 0.13.2 fuzz"; do
+    set -- ${tool}
+    if ! cargo "$3" --version 2>/dev/null | grep -q "$2"; then
+        say "installing $1 $2"
+        cargo install "$1" --version "$2" --locked
+    fi
+done
+
 # The outside client for the interoperability test: kafka-python, an
 # independent pure-Python implementation of the protocol, in a venv of ours.
 root="$(cd "$(dirname "$0")/.." && pwd)"

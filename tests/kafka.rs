@@ -26,6 +26,11 @@ struct Setup {
 }
 
 fn setup(broker_port: u16, group: &str, partitions: i32) -> Setup {
+    setup_with(broker_port, group, partitions, "")
+}
+
+/// [`setup`] with `[kafka.*]` sub-tables appended.
+fn setup_with(broker_port: u16, group: &str, partitions: i32, extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let geo = kamiguard::demo::geo::write_geo_fixtures(&dir.path().join("geo")).expect("geo");
     let path = |p: &Option<PathBuf>| p.as_ref().expect("geo path").display().to_string();
@@ -52,6 +57,7 @@ batch_ms = 10
 rules_poll_secs = 0
 [http]
 listen = "127.0.0.1:{http_port}"
+{extra}
 "#,
             rules = common::root().join("config/rules").display(),
             city = path(&geo.city),
@@ -739,4 +745,167 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
             assert!(!text.contains(c.as_str()), "raw code {c} found in the {what}: {text}");
         }
     }
+}
+
+/// A metric's value from the text of `/metrics` (summed over label sets).
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stalled_decisions_topic_slows_intake_instead_of_growing_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    // Decisions go to a topic that does not exist yet (Tansu does not create
+    // topics on use): the producer holds them, at most 20 at a time.
+    let setup = setup_with(
+        broker.port,
+        "kg-stall",
+        1,
+        "[kafka.topics]\ndecisions = \"stalled.decisions\"\n[kafka.producer]\n\"queue.buffering.max.messages\" = \"20\"\n\"topic.metadata.propagation.max.ms\" = \"600000\"\n",
+    );
+    std::fs::write(
+        &setup.config,
+        std::fs::read_to_string(&setup.config).expect("config").replace(
+            "replication_factor = 1",
+            "replication_factor = 1\ncreate_topics = false",
+        ),
+    )
+    .expect("config");
+    let lines = generated(20_000, 13);
+    let expected = replay(&setup, &lines);
+    assert!(
+        expected.len() > 100,
+        "enough decisions to fill the queue: {}",
+        expected.len()
+    );
+    broker.produce(ATTEMPTS, &lines, false);
+
+    let run = Processor::start(&setup, "run");
+    let port = setup.http_port;
+    wait_http(port);
+    std::thread::sleep(Duration::from_secs(8));
+    let (events_a, rss_a) = (metric(port, "kamiguard_events_total"), rss_kib(run.child.id()));
+    std::thread::sleep(Duration::from_secs(4));
+    let (events_b, rss_b) = (metric(port, "kamiguard_events_total"), rss_kib(run.child.id()));
+    eprintln!("stalled: {events_a} -> {events_b} events, {rss_a} -> {rss_b} KiB RSS");
+    assert!(
+        events_b < lines.len() as f64 / 2.0,
+        "intake went on while decisions could not be published: {events_b}"
+    );
+    assert_eq!(
+        events_a, events_b,
+        "intake stopped while the decisions topic was stalled"
+    );
+    assert!(
+        rss_b < 400 * 1024 && rss_b <= rss_a + 16 * 1024,
+        "memory grew: {rss_a} -> {rss_b} KiB"
+    );
+    assert_eq!(
+        broker.committed("kg-stall", ATTEMPTS, 1)[0].max(0) as f64 <= events_b,
+        true
+    );
+
+    // The topic appears: everything flows, nothing was lost.
+    let kafka = kamiguard::kafka::KafkaConfig {
+        brokers: broker.bootstrap(),
+        partitions: 1,
+        replication_factor: 1,
+        topics: kamiguard::kafka::Topics {
+            decisions: "stalled.decisions".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(kamiguard::kafka::ensure_topics(&kafka))
+        .expect("create the decisions topic");
+    let mut decisions = broker.reader("stalled.decisions", 1);
+    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
+    let all = decisions.read_until(Duration::from_secs(120), |seen| ids(seen).len() >= expected.len());
+    assert!(
+        all,
+        "{} of {} decisions after the stall\n{}",
+        ids(&decisions.seen).len(),
+        expected.len(),
+        setup.logs()
+    );
+    wait_committed(&broker, &setup, "kg-stall", lines.len() as i64);
+    assert_eq!(run.sigterm().code(), Some(0));
+    assert_eq!(ids(&decisions.seen), expected);
+}
+
+#[test]
+fn sigkill_at_random_moments_several_times_loses_nothing() {
+    let seed = std::env::var("KAMIGUARD_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("kill timing seed {seed} (set KAMIGUARD_KILL_SEED to repeat)");
+    let mut rng = kamiguard::pipeline::generate::SplitMix::new(seed);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-chaos", 1);
+    let lines = generated(16_000, 17);
+    let expected = replay(&setup, &lines);
+    // Resumed after every kill: one record per batch (Tansu, see broker.rs).
+    broker.produce(ATTEMPTS, &lines, true);
+
+    let mut decisions = broker.reader(DECISIONS, 1);
+    for round in 0..4 {
+        let run = Processor::start(&setup, &format!("run-{round}"));
+        std::thread::sleep(Duration::from_millis(300 + rng.below(2500)));
+        run.sigkill();
+    }
+    let run = Processor::start(&setup, "run-last");
+    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
+    let complete = decisions.read_until(Duration::from_secs(120), |seen| ids(seen).len() >= expected.len());
+    wait_committed(&broker, &setup, "kg-chaos", lines.len() as i64);
+    assert_eq!(run.sigterm().code(), Some(0));
+    decisions.drain(Duration::from_millis(500));
+    let got = ids(&decisions.seen);
+    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    assert!(
+        complete && missing.is_empty(),
+        "seed {seed}: missing after kills: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "seed {seed}: decisions under ids replay does not know: {extra:?}"
+    );
+    eprintln!(
+        "{} messages for {} decisions ({} republished with their own id)",
+        decisions.seen.len(),
+        expected.len(),
+        decisions.seen.len() - expected.len()
+    );
 }

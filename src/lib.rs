@@ -24,10 +24,12 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`reload`]: hot reload of the rule files (SIGHUP or a change on disk).
 //! - [`admin`]: the token-protected admin API (decisions, releases, allowlist, rules).
+//! - [`bench`]: `kamiguard bench`, the pipeline against a Kafka passthrough on the same broker.
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod decision;
 pub mod demo;

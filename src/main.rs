@@ -94,6 +94,20 @@ enum Command {
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
     },
+    /// Benchmark: load generated events into a broker, time a Kafka passthrough and `run` over them, then latency at half load.
+    Bench {
+        /// Bootstrap servers of the broker to measure on (scripts/bench.sh starts one).
+        #[arg(long)]
+        brokers: String,
+        /// Events to load.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Seconds of paced traffic for the latency phase (0 skips it).
+        #[arg(long, default_value_t = 20)]
+        latency_secs: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
     TestRules {
         /// A scenario folder, or a folder of them.
@@ -187,6 +201,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
         Command::Run { common } => run_command(&common),
+        Command::Bench {
+            brokers,
+            events,
+            latency_secs,
+            common,
+        } => bench_command(brokers, events, latency_secs, &common),
         Command::Demo {
             events,
             rate,
@@ -323,6 +343,25 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     runtime
         .block_on(kamiguard::kafka::run(settings, stats, shutdown))
         .with_context(|| format!("run with {} stopped", path.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_command(brokers: String, events: u64, latency_secs: u64, common: &Common) -> anyhow::Result<ExitCode> {
+    let config = common.config()?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let rules = load(&rules_path(&config), geo.available())?;
+    let options = kamiguard::bench::BenchOptions {
+        brokers,
+        events,
+        seed: 42,
+        latency_secs,
+        rules,
+        geo,
+        engine: config.engine,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(kamiguard::bench::bench(options))?;
+    print!("{}", report.render());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -126,7 +126,7 @@ pub const FORCED_PRODUCER: [(&str, &str); 2] = [
 ];
 
 /// Tuned consumer defaults; any of them may be overridden.
-pub const DEFAULT_CONSUMER: [(&str, &str); 6] = [
+pub const DEFAULT_CONSUMER: [(&str, &str); 7] = [
     // A new group starts at the oldest retained attempt: nothing is skipped.
     ("auto.offset.reset", "earliest"),
     // Prefetch up to 32 MiB per partition: large fetches for throughput,
@@ -137,6 +137,11 @@ pub const DEFAULT_CONSUMER: [(&str, &str); 6] = [
     ("session.timeout.ms", "10000"),
     // A restore on assignment may take minutes on a large topic.
     ("max.poll.interval.ms", "600000"),
+    // A fetch returns as soon as there is data; when there is none, the broker
+    // holds it at most 10 ms. Brokers that do not answer a held fetch early
+    // when data arrives (the test broker) would otherwise add up to the
+    // librdkafka default of 500 ms to every decision.
+    ("fetch.wait.max.ms", "10"),
     // Statistics every 5 s: the consumer-lag metric comes from them.
     ("statistics.interval.ms", "5000"),
 ];

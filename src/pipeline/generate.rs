@@ -68,9 +68,16 @@ impl Traffic {
 
     /// The next attempt as one line of JSON (no newline).
     pub fn next_line(&mut self) -> String {
+        let ts_ms = self.start_ms + self.i as i64 * self.step_ms;
+        self.next_line_at(ts_ms)
+    }
+
+    /// The next attempt, stamped `ts_ms` instead of the generator's clock
+    /// (the benchmark stamps events with the wall clock as it sends them).
+    pub fn next_line_at(&mut self, ts_ms: i64) -> String {
         let (i, rng) = (self.i, &mut self.rng);
         self.i += 1;
-        let ts = crate::event::format_ts(self.start_ms + i as i64 * self.step_ms);
+        let ts = crate::event::format_ts(ts_ms);
         let roll = rng.below(1000);
         match roll {
             // code guessing from a few bot addresses

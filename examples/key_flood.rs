@@ -33,12 +33,7 @@ score = 80
 "#;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    kamiguard::bench::proc_status_kib("VmRSS:")
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10_000_000);
     let defaults = EngineConfig::default();
     let cap: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(defaults.max_keys);
-    let rules = Arc::new(compile_sources(&[("flood.toml".into(), RULE.into())], Default::default())?);
+    let rules = Arc::new(compile_sources(
+        &[("flood.toml".into(), RULE.into())],
+        Default::default(),
+    )?);
     let engine = Engine::new(
         rules,
         Arc::new(GeoDatabases::default()),

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
@@ -138,36 +138,35 @@ fn cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn peak_rss_kib() -> u64 {
+/// A `kB` field of `/proc/self/status` (`"VmRSS:"`, `"VmHWM:"`), in KiB.
+pub fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
+fn peak_rss_kib() -> u64 {
+    proc_status_kib("VmHWM:")
+}
+
+/// Queues one message without headers (waits while the producer queue is full).
 async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: &[u8],
     payload: &[u8],
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
+    crate::kafka::run::send(producer, topic, key, payload, None).await
 }
 
 /// Awaits acknowledgements in batches, off the sending loop.
-fn ack_awaiter() -> (mpsc::Sender<Vec<DeliveryFuture>>, tokio::task::JoinHandle<Result<(), BenchError>>) {
+fn ack_awaiter() -> (
+    mpsc::Sender<Vec<DeliveryFuture>>,
+    tokio::task::JoinHandle<Result<(), BenchError>>,
+) {
     let (tx, mut rx) = mpsc::channel::<Vec<DeliveryFuture>>(64);
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
@@ -251,7 +250,15 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, BenchError> {
     for _ in 0..o.events {
         let m = consumer.recv().await?;
         start.get_or_insert_with(|| (cpu_secs(), Instant::now()));
-        batch.push(send(&producer, &out_topic, m.key().unwrap_or_default(), m.payload().unwrap_or_default()).await?);
+        batch.push(
+            send(
+                &producer,
+                &out_topic,
+                m.key().unwrap_or_default(),
+                m.payload().unwrap_or_default(),
+            )
+            .await?,
+        );
         if batch.len() == 1000 {
             let _ = acks.send(std::mem::take(&mut batch)).await;
         }
@@ -333,13 +340,18 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
     let deadline = Instant::now() + Duration::from_secs(60);
     while !health.assigned.load(Ordering::SeqCst) {
         if Instant::now() > deadline {
-            return Err(BenchError::Other("the latency pipeline was never assigned its partition".into()));
+            return Err(BenchError::Other(
+                "the latency pipeline was never assigned its partition".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // The reader: every decision's age when it becomes readable.
-    let reader: BaseConsumer = kafka.consumer_config().set("group.id", format!("{name}.reader")).create()?;
+    let reader: BaseConsumer = kafka
+        .consumer_config()
+        .set("group.id", format!("{name}.reader"))
+        .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&kafka.topics.decisions, 0, Offset::Beginning)?;
     reader.assign(&tpl)?;
@@ -396,7 +408,11 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
     let _ = stop.send(true);
     pipeline.await.map_err(|e| BenchError::Other(e.to_string()))??;
     ages.sort_unstable();
-    let pct = |q: f64| ages.get(((ages.len() as f64 * q) as usize).min(ages.len().saturating_sub(1))).copied().unwrap_or(-1);
+    let pct = |q: f64| {
+        ages.get(((ages.len() as f64 * q) as usize).min(ages.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1)
+    };
     Ok(Latency {
         rate,
         events: sent,

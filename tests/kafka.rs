@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::broker::{Broker, Record};
+use common::broker::{Broker, Reader, Record};
 use serde_json::Value;
 
 const KEY: &str = "test-code-key";
@@ -314,20 +314,18 @@ fn sigkill_mid_attack_loses_nothing_and_reuses_decision_ids() {
     run.sigkill();
 
     let run = Processor::start(&setup, "run-3");
-    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
-    let complete = decisions.read_until(Duration::from_secs(90), |seen| ids(seen).len() >= expected.len());
-    wait_committed(&broker, &setup, "kg-kill", lines.len() as i64);
-    assert_eq!(run.sigterm().code(), Some(0));
-    decisions.drain(Duration::from_millis(500));
-    let got = ids(&decisions.seen);
-    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(
-        complete && missing.is_empty(),
-        "decisions missing after SIGKILL: {missing:?}"
+    let total = lines.len();
+    finish(
+        run,
+        &mut decisions,
+        &expected,
+        &broker,
+        &setup,
+        "kg-kill",
+        total,
+        Duration::from_secs(90),
+        "after two SIGKILLs",
     );
-    assert!(extra.is_empty(), "decisions under ids replay does not know: {extra:?}");
-    assert_eq!(got, expected);
 }
 
 #[test]
@@ -403,18 +401,57 @@ fn broker_restart_mid_stream_loses_nothing() {
     broker.produce(ATTEMPTS, second, true);
 
     let mut decisions = broker.reader(DECISIONS, 1);
+    let total = lines.len();
+    finish(
+        run,
+        &mut decisions,
+        &expected,
+        &broker,
+        &setup,
+        "kg-broker",
+        total,
+        Duration::from_secs(90),
+        "after a broker restart",
+    );
+}
+
+/// Reads decisions until every one replay expects has arrived (or `timeout`),
+/// waits for `group` to commit all `total` input messages, stops the processor
+/// with SIGTERM (it must exit 0), and asserts the decisions published, by id,
+/// are exactly replay's: none missing, none under an id replay does not know,
+/// each republished copy identical. `context` goes into failure messages.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    run: Processor,
+    decisions: &mut Reader,
+    expected: &BTreeMap<String, Value>,
+    broker: &Broker,
+    setup: &Setup,
+    group: &str,
+    total: usize,
+    timeout: Duration,
+    context: &str,
+) {
     let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
-    let complete = decisions.read_until(Duration::from_secs(90), |seen| ids(seen).len() >= expected.len());
+    let complete = decisions.read_until(timeout, |seen| ids(seen).len() >= expected.len());
+    wait_committed(broker, setup, group, total as i64);
+    assert_eq!(run.sigterm().code(), Some(0), "{context}: a clean SIGTERM exits 0");
+    decisions.drain(Duration::from_millis(500));
+    let got = ids(&decisions.seen);
+    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
     assert!(
-        complete,
-        "{} of {} decisions\n{}",
-        ids(&decisions.seen).len(),
+        complete && missing.is_empty(),
+        "{context}: {} of {} decisions, missing {missing:?}\n{}",
+        got.len(),
         expected.len(),
         setup.logs()
     );
-    wait_committed(&broker, &setup, "kg-broker", lines.len() as i64);
-    assert_eq!(run.sigterm().code(), Some(0));
-    assert_eq!(ids(&decisions.seen), expected);
+    assert!(
+        extra.is_empty(),
+        "{context}: decisions under ids replay does not know: {extra:?}"
+    );
+    assert_eq!(&got, expected, "{context}");
 }
 
 /// An HTTP request to kamiguard's endpoint: (status, JSON body).
@@ -826,35 +863,27 @@ fn a_stalled_decisions_topic_slows_intake_instead_of_growing_memory() {
     );
 
     // The topic appears: everything flows, nothing was lost.
-    let kafka = kamiguard::kafka::KafkaConfig {
-        brokers: broker.bootstrap(),
+    broker.ensure_topics(kamiguard::kafka::KafkaConfig {
         partitions: 1,
-        replication_factor: 1,
         topics: kamiguard::kafka::Topics {
             decisions: "stalled.decisions".into(),
             ..Default::default()
         },
         ..Default::default()
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(kamiguard::kafka::ensure_topics(&kafka))
-        .expect("create the decisions topic");
+    });
     let mut decisions = broker.reader("stalled.decisions", 1);
-    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
-    let all = decisions.read_until(Duration::from_secs(120), |seen| ids(seen).len() >= expected.len());
-    assert!(
-        all,
-        "{} of {} decisions after the stall\n{}",
-        ids(&decisions.seen).len(),
-        expected.len(),
-        setup.logs()
+    let total = lines.len();
+    finish(
+        run,
+        &mut decisions,
+        &expected,
+        &broker,
+        &setup,
+        "kg-stall",
+        total,
+        Duration::from_secs(120),
+        "after the stall",
     );
-    wait_committed(&broker, &setup, "kg-stall", lines.len() as i64);
-    assert_eq!(run.sigterm().code(), Some(0));
-    assert_eq!(ids(&decisions.seen), expected);
 }
 
 #[test]
@@ -887,21 +916,18 @@ fn sigkill_at_random_moments_several_times_loses_nothing() {
         run.sigkill();
     }
     let run = Processor::start(&setup, "run-last");
-    let ids = |seen: &[Record]| by_id(seen.iter().map(|r| r.payload.as_slice()));
-    let complete = decisions.read_until(Duration::from_secs(120), |seen| ids(seen).len() >= expected.len());
-    wait_committed(&broker, &setup, "kg-chaos", lines.len() as i64);
-    assert_eq!(run.sigterm().code(), Some(0));
-    decisions.drain(Duration::from_millis(500));
-    let got = ids(&decisions.seen);
-    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(
-        complete && missing.is_empty(),
-        "seed {seed}: missing after kills: {missing:?}"
-    );
-    assert!(
-        extra.is_empty(),
-        "seed {seed}: decisions under ids replay does not know: {extra:?}"
+    let context = format!("seed {seed}, after four SIGKILLs");
+    let total = lines.len();
+    finish(
+        run,
+        &mut decisions,
+        &expected,
+        &broker,
+        &setup,
+        "kg-chaos",
+        total,
+        Duration::from_secs(120),
+        &context,
     );
     eprintln!(
         "{} messages for {} decisions ({} republished with their own id)",

@@ -489,7 +489,7 @@ async fn hand_off(tx: &mpsc::Sender<Batch>, batch: &mut Batch, shutdown: &mut wa
 }
 
 /// Queues one message, waiting while the producer queue is full.
-async fn send(
+pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: &(impl rdkafka::message::ToBytes + ?Sized),

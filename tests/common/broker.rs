@@ -116,11 +116,18 @@ impl Broker {
 
     /// Creates topics with `partitions` each, through kamiguard's own code.
     pub fn create_topics(&self, partitions: i32) {
+        self.ensure_topics(kamiguard::kafka::KafkaConfig {
+            partitions,
+            ..Default::default()
+        });
+    }
+
+    /// Creates the topics `kafka` names (its brokers are set to this broker's).
+    pub fn ensure_topics(&self, kafka: kamiguard::kafka::KafkaConfig) {
         let kafka = kamiguard::kafka::KafkaConfig {
             brokers: self.bootstrap(),
-            partitions,
             replication_factor: 1,
-            ..Default::default()
+            ..kafka
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

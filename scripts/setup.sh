@@ -28,6 +28,8 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Prometheus and promtool: the real scraper for the metrics and alert tests.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# kcat, an outside client of the demo's mock cluster (the README says it attaches).
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 # systemd-analyze, to verify deploy/systemd/kamiguard.service.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do

@@ -318,3 +318,63 @@ fn demo_stops_cleanly_on_ctrl_c() {
         "a last summary: {stdout}"
     );
 }
+
+#[test]
+fn kcat_attaches_to_the_demo_cluster_at_the_printed_address() {
+    use std::io::{BufRead, BufReader};
+    let mut child = kamiguard()
+        .args(["demo", "--rate", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let bootstrap = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("kcat -b ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .map(str::to_owned)
+        })
+        .expect("the demo prints a kcat command");
+    // Keep draining the demo's output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    // The first decision, whenever it comes. A kcat started in the cluster's
+    // first instants may leave at once with nothing and exit 0 (seen here):
+    // ask again, at most five times.
+    let mut out = None;
+    for _ in 0..5 {
+        let o = std::process::Command::new("timeout")
+            .args([
+                "30",
+                "kcat",
+                "-b",
+                &bootstrap,
+                "-C",
+                "-t",
+                "kamiguard.decisions",
+                "-c",
+                "1",
+                "-q",
+            ])
+            .output()
+            .expect("kcat (scripts/setup.sh installs Debian's kcat)");
+        if !o.stdout.is_empty() || !o.status.success() {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = out.expect("kcat read nothing from the demo cluster, five times");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let decision: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        decision["decision_id"].is_string() && decision["rule"].is_string(),
+        "{decision}"
+    );
+}

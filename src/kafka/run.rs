@@ -543,6 +543,8 @@ async fn commit_loop(
             Err(e) => warn!(error = %e, "commit failed"),
         }
     };
+    // A zero interval from the config would make tokio panic: commit at most every millisecond.
+    let interval = interval.max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(interval);
     loop {
         // Commit on a timer as well: the last batch before a quiet spell must

@@ -21,7 +21,7 @@ use crate::rules::filter::{human_secs, yuan};
 use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
     key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen,
-    Place, SeenEvents, SlidingSum, StateBudget,
+    Place, SeenEvents, SlidingCount, SlidingSum, StateBudget,
 };
 
 /// Most sample event ids a decision carries.
@@ -116,7 +116,9 @@ impl<A> WindowKey<A> {
 }
 
 enum RuleState {
-    /// Count and sum-of-face-value thresholds.
+    /// Count thresholds.
+    Counts(KeyedStore<WindowKey<SlidingCount>>),
+    /// Sum-of-face-value thresholds.
     Sums(KeyedStore<WindowKey<SlidingSum>>),
     /// Distinct-count thresholds.
     Distincts(KeyedStore<WindowKey<DistinctWindow>>),
@@ -457,7 +459,7 @@ impl Engine {
                 let key = keys.get(*group_by)?;
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
                 let (value, samples) = match (aggregate, state) {
-                    (CompiledAggregate::Count, RuleState::Sums(store)) => store.with(key, Default::default, |w| {
+                    (CompiledAggregate::Count, RuleState::Counts(store)) => store.with(key, Default::default, |w| {
                         w.observe(e, *threshold, |s| s.add(bucket, 1))
                     })?,
                     (CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
@@ -668,6 +670,9 @@ impl Engine {
         let mut evicted = 0;
         for (rule, state) in loaded.rules.rules.iter().zip(&loaded.states) {
             evicted += match (state, &rule.kind) {
+                (RuleState::Counts(store), CompiledKind::Threshold { window_ms, .. }) => {
+                    store.evict_idle(now - window_ms - lateness)
+                }
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
                 }
@@ -727,6 +732,10 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
             aggregate: CompiledAggregate::Distinct(_),
             ..
         } => RuleState::Distincts(KeyedStore::new(budget.clone())),
+        CompiledKind::Threshold {
+            aggregate: CompiledAggregate::Count,
+            ..
+        } => RuleState::Counts(KeyedStore::new(budget.clone())),
         CompiledKind::Threshold { .. } => RuleState::Sums(KeyedStore::new(budget.clone())),
         CompiledKind::Quota {
             limit,

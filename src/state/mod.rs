@@ -14,4 +14,4 @@ pub mod window;
 pub use memory::{AccountMemory, CardMemory, Place, SeenEvents};
 pub use quota::{EventClock, KeyedQuota};
 pub use store::{key_of, BudgetStats, KeyedStore, LastSeen, StateBudget};
-pub use window::{DistinctWindow, SlidingSum, BUCKETS};
+pub use window::{Cell, DistinctWindow, SlidingCount, SlidingSum, BUCKETS};

@@ -5,8 +5,35 @@ use smallvec::SmallVec;
 /// Number of buckets a window is cut into. A window of W counts the bucket the
 /// newest event fell in and the `BUCKETS - 1` before it, so its span is between
 /// `W * (BUCKETS-1)/BUCKETS` and `W`: at most a tenth of the window is lost at
-/// the old edge, in exchange for a fixed 80-byte state per key whatever the rate.
+/// the old edge, in exchange for a fixed state per key (48 bytes for a count,
+/// 88 for a sum) whatever the rate.
 pub const BUCKETS: usize = 10;
+
+/// What a bucket holds: `u32` for counts (half the memory per key, and four
+/// billion attempts in one bucket is beyond any window), `u64` for sums of
+/// face value. Adding saturates.
+pub trait Cell: Copy + Default + std::fmt::Debug + PartialEq + Eq {
+    fn plus(self, amount: u64) -> Self;
+    fn get(self) -> u64;
+}
+
+impl Cell for u32 {
+    fn plus(self, amount: u64) -> u32 {
+        self.saturating_add(u32::try_from(amount).unwrap_or(u32::MAX))
+    }
+    fn get(self) -> u64 {
+        self as u64
+    }
+}
+
+impl Cell for u64 {
+    fn plus(self, amount: u64) -> u64 {
+        self.saturating_add(amount)
+    }
+    fn get(self) -> u64 {
+        self
+    }
+}
 
 /// A sliding sum (a count is a sum of ones) over event time.
 ///
@@ -15,41 +42,44 @@ pub const BUCKETS: usize = 10;
 /// for this key is outside every window that can still be asked about, so it
 /// is not added (it could not change any answer from now on).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlidingSum {
+pub struct SlidingSum<C: Cell = u64> {
     /// Bucket number (event time / bucket width) of the newest bucket.
     head: i64,
-    buckets: [u64; BUCKETS],
+    buckets: [C; BUCKETS],
 }
 
-impl SlidingSum {
-    pub fn new() -> SlidingSum {
+/// A sliding count: 48 bytes a key instead of 88.
+pub type SlidingCount = SlidingSum<u32>;
+
+impl<C: Cell> SlidingSum<C> {
+    pub fn new() -> SlidingSum<C> {
         SlidingSum {
             head: i64::MIN,
-            buckets: [0; BUCKETS],
+            buckets: [C::default(); BUCKETS],
         }
     }
 
     /// Adds `amount` at bucket number `bucket` and returns the sum over the window.
     pub fn add(&mut self, bucket: i64, amount: u64) -> u64 {
         if self.head == i64::MIN || bucket >= self.head.saturating_add(BUCKETS as i64) {
-            self.buckets = [0; BUCKETS];
+            self.buckets = [C::default(); BUCKETS];
             self.head = bucket;
         } else if bucket > self.head {
             for b in self.head + 1..=bucket {
-                self.buckets[slot(b)] = 0;
+                self.buckets[slot(b)] = C::default();
             }
             self.head = bucket;
         }
         if bucket > self.head - BUCKETS as i64 {
             let cell = &mut self.buckets[slot(bucket)];
-            *cell = cell.saturating_add(amount);
+            *cell = cell.plus(amount);
         }
         self.total()
     }
 
     /// The sum over the window ending at the newest bucket.
     pub fn total(&self) -> u64 {
-        self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
+        self.buckets.iter().fold(0u64, |a, b| a.saturating_add(b.get()))
     }
 
     /// The sum over the window ending at bucket number `now` (no update).
@@ -59,12 +89,12 @@ impl SlidingSum {
         }
         (now - BUCKETS as i64 + 1..=now.min(self.head))
             .filter(|b| *b > self.head - BUCKETS as i64)
-            .map(|b| self.buckets[slot(b)])
+            .map(|b| self.buckets[slot(b)].get())
             .fold(0u64, u64::saturating_add)
     }
 }
 
-impl Default for SlidingSum {
+impl<C: Cell> Default for SlidingSum<C> {
     fn default() -> Self {
         SlidingSum::new()
     }
@@ -123,7 +153,7 @@ mod tests {
 
     #[test]
     fn counts_within_window_and_forgets_old_buckets() {
-        let mut w = SlidingSum::new();
+        let mut w = SlidingSum::<u64>::new();
         assert_eq!(w.add(0, 1), 1);
         assert_eq!(w.add(5, 1), 2);
         assert_eq!(w.add(9, 1), 3);
@@ -135,7 +165,7 @@ mod tests {
 
     #[test]
     fn late_event_inside_window_is_counted_once() {
-        let mut w = SlidingSum::new();
+        let mut w = SlidingSum::<u64>::new();
         w.add(20, 1);
         assert_eq!(w.add(15, 1), 2);
         // older than the window relative to bucket 20: outside every window from now on
@@ -163,7 +193,7 @@ mod tests {
         fn sliding_sum_matches_brute_force(events in proptest::collection::vec((0i64..200, 1u64..5), 1..200)) {
             let mut sorted = events.clone();
             sorted.sort();
-            let mut w = SlidingSum::new();
+            let mut w = SlidingSum::<u64>::new();
             let mut added = Vec::new();
             for (bucket, amount) in &sorted {
                 let got = w.add(*bucket, *amount);
@@ -181,7 +211,7 @@ mod tests {
         #[test]
         fn bounded_disorder_gives_the_same_total(mut buckets in proptest::collection::vec(0i64..100, 1..100), swaps in proptest::collection::vec(0usize..100, 0..50)) {
             buckets.sort();
-            let mut ordered = SlidingSum::new();
+            let mut ordered = SlidingSum::<u64>::new();
             for b in &buckets { ordered.add(*b, 1); }
             let mut shuffled = buckets.clone();
             for s in swaps {
@@ -190,9 +220,19 @@ mod tests {
                     shuffled.swap(i, i + 1);
                 }
             }
-            let mut disordered = SlidingSum::new();
+            let mut disordered = SlidingSum::<u64>::new();
             for b in &shuffled { disordered.add(*b, 1); }
             prop_assert_eq!(ordered.total(), disordered.total());
+        }
+
+        /// A count kept in `u32` cells answers exactly as one in `u64` cells.
+        #[test]
+        fn narrow_counts_match_wide_ones(buckets in proptest::collection::vec(0i64..300, 1..300)) {
+            let (mut narrow, mut wide) = (SlidingCount::new(), SlidingSum::<u64>::new());
+            for b in buckets {
+                prop_assert_eq!(narrow.add(b, 1), wide.add(b, 1));
+                prop_assert_eq!(narrow.total_at(b + 3), wide.total_at(b + 3));
+            }
         }
 
         /// A distinct count never exceeds its cap nor the number of distinct values added.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::{Broker, Reader, Record};
@@ -121,10 +121,7 @@ impl Processor {
     /// Sends SIGTERM and returns the exit status.
     fn sigterm(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -935,4 +932,65 @@ fn sigkill_at_random_moments_several_times_loses_nothing() {
         expected.len(),
         decisions.seen.len() - expected.len()
     );
+}
+
+#[test]
+fn sighup_reloads_the_rules_of_a_running_processor_and_a_broken_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-hup", 1);
+    // The processor's own copy of the rule pack, to edit while it runs.
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    for f in std::fs::read_dir(common::root().join("config/rules"))
+        .expect("pack")
+        .flatten()
+    {
+        std::fs::copy(f.path(), rules.join(f.file_name())).expect("copy");
+    }
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    let pack = common::root().join("config/rules").display().to_string();
+    std::fs::write(&setup.config, text.replace(&pack, &rules.display().to_string())).expect("config");
+
+    let run = Processor::start_with(&setup, "run", &[("KAMIGUARD_ADMIN_TOKEN", "t")]);
+    let port = setup.http_port;
+    wait_http(port);
+    let version = || http(port, "GET", "/admin/rules", Some("t"), None).1["version"].clone();
+    let reloads = |result: &str| metric(port, &format!("kamiguard_rule_reloads_total{{result=\"{result}\"}}"));
+    let before = version();
+    let hup = || {
+        let pid = run.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill -HUP")
+            .success());
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}\n{}", setup.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // A broken file: refused, counted, the old set stays.
+    let geo = rules.join("30-geo.toml");
+    let good = std::fs::read_to_string(&geo).expect("geo rules");
+    std::fs::write(&geo, good.replacen("score = ", "score = \"high\" # ", 1)).expect("break");
+    hup();
+    wait_for("the broken file is refused", &|| reloads("error") >= 1.0);
+    assert_eq!(version(), before, "the running rules stay");
+    assert!(
+        setup.logs().contains("30-geo.toml:"),
+        "the error is logged with its file and position"
+    );
+
+    // A good change: taken on SIGHUP, the process still running.
+    std::fs::write(&geo, good.replacen("score = ", "score = 1 # was ", 1)).expect("change");
+    hup();
+    wait_for("the good file is taken", &|| reloads("ok") >= 1.0);
+    assert_ne!(version(), before, "a new rule set version is in force");
+    assert_eq!(run.sigterm().code(), Some(0));
 }

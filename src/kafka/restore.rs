@@ -63,9 +63,11 @@ pub fn restore(
 ) -> Result<u64, KafkaError> {
     let started = Instant::now();
     let topic = &kafka.topics.attempts;
+    // Group-less (assign only): a static member id belongs to the live consumer.
     let consumer: BaseConsumer = kafka
         .consumer_config()
         .set("group.id", format!("{}.restore", kafka.group_id))
+        .remove("group.instance.id")
         .create()?;
     let timeout = Duration::from_secs(30);
 

@@ -378,3 +378,27 @@ fn kcat_attaches_to_the_demo_cluster_at_the_printed_address() {
         "{decision}"
     );
 }
+
+#[test]
+fn run_refuses_to_start_without_a_code_key_and_says_how_to_set_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("kamiguard.toml");
+    let rules = common::root().join("config/rules/10-guessing.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules = \"{}\"\n[http]\nenabled = false\n[kafka]\nbrokers = \"127.0.0.1:1\"\n",
+            rules.display()
+        ),
+    )
+    .expect("config");
+    let out = kamiguard()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("KAMIGUARD_CODE_KEY")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no code-hash key: set KAMIGUARD_CODE_KEY"), "{stderr}");
+}

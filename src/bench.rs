@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Seconds of paced traffic for the latency phase (0 skips it).
     pub latency_secs: u64,
+    /// Events per second for the latency phase; default half the measured run rate.
+    pub latency_rate: Option<f64>,
     pub rules: Arc<RuleSet>,
     pub geo: Arc<GeoDatabases>,
     pub engine: EngineConfig,
@@ -79,11 +81,17 @@ impl Phase {
 pub struct Latency {
     pub rate: f64,
     pub events: u64,
+    /// Decisions the reader saw, and their age when readable.
     pub samples: usize,
     pub p50_ms: i64,
     pub p99_ms: i64,
     pub p999_ms: i64,
     pub max_ms: i64,
+    /// Event time to the broker's acknowledgement of the decision, from
+    /// kamiguard's own histogram: the bucket bound each quantile falls under.
+    pub ack_p50_le_ms: f64,
+    pub ack_p99_le_ms: f64,
+    pub ack_p999_le_ms: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,6 +129,10 @@ impl BenchReport {
             s += &format!(
                 "latency at {:.0} events/s ({} events, {} decisions): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms\n",
                 l.rate, l.events, l.samples, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+            s += &format!(
+                "  of which event to broker acknowledgement: p50 <= {} ms, p99 <= {} ms, p99.9 <= {} ms\n",
+                l.ack_p50_le_ms, l.ack_p99_le_ms, l.ack_p999_le_ms
             );
         }
         s
@@ -313,7 +325,8 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, BenchError> {
 
     // 4. Latency at half the run rate.
     if o.latency_secs > 0 {
-        report.latency = Some(latency(&o, &format!("{name}-paced"), report.run.rate() / 2.0, &producer).await?);
+        let rate = o.latency_rate.unwrap_or(report.run.rate() / 2.0);
+        report.latency = Some(latency(&o, &format!("{name}-paced"), rate, &producer).await?);
     }
     report.peak_rss_kib = peak_rss_kib();
     Ok(report)
@@ -327,13 +340,14 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
     );
     let stats = Arc::new(RunStats::default());
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::new());
     let (stop, shutdown) = watch::channel(false);
     let settings = Settings {
         kafka: kafka.clone(),
         pipeline: PipelineConfig::default(),
         engine,
         hasher: CodeHasher::with_key(b"bench"),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         health: health.clone(),
     };
     let pipeline = tokio::spawn(run(settings, stats.clone(), shutdown));
@@ -413,6 +427,7 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
             .copied()
             .unwrap_or(-1)
     };
+    let ack = |q: f64| histogram_bound(&metrics.latency_from_event, q) * 1000.0;
     Ok(Latency {
         rate,
         events: sent,
@@ -421,5 +436,23 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),
         max_ms: ages.last().copied().unwrap_or(-1),
+        ack_p50_le_ms: ack(0.5),
+        ack_p99_le_ms: ack(0.99),
+        ack_p999_le_ms: ack(0.999),
     })
+}
+
+/// The upper bound (seconds) of the first bucket holding quantile `q`.
+fn histogram_bound(h: &prometheus::Histogram, q: f64) -> f64 {
+    use prometheus::core::Collector;
+    let families = h.collect();
+    let Some(metric) = families.first().and_then(|f| f.get_metric().first()) else {
+        return f64::NAN;
+    };
+    let hist = metric.get_histogram();
+    let want = (hist.get_sample_count() as f64 * q).ceil() as u64;
+    hist.get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() >= want)
+        .map_or(f64::INFINITY, |b| b.upper_bound())
 }

@@ -105,6 +105,9 @@ enum Command {
         /// Seconds of paced traffic for the latency phase (0 skips it).
         #[arg(long, default_value_t = 20)]
         latency_secs: u64,
+        /// Events per second for the latency phase (default: half the measured run rate).
+        #[arg(long)]
+        latency_rate: Option<f64>,
         #[command(flatten)]
         common: Common,
     },
@@ -205,8 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             brokers,
             events,
             latency_secs,
+            latency_rate,
             common,
-        } => bench_command(brokers, events, latency_secs, &common),
+        } => bench_command(brokers, events, latency_secs, latency_rate, &common),
         Command::Demo {
             events,
             rate,
@@ -346,7 +350,13 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_command(brokers: String, events: u64, latency_secs: u64, common: &Common) -> anyhow::Result<ExitCode> {
+fn bench_command(
+    brokers: String,
+    events: u64,
+    latency_secs: u64,
+    latency_rate: Option<f64>,
+    common: &Common,
+) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let rules = load(&rules_path(&config), geo.available())?;
@@ -355,6 +365,7 @@ fn bench_command(brokers: String, events: u64, latency_secs: u64, common: &Commo
         events,
         seed: 42,
         latency_secs,
+        latency_rate,
         rules,
         geo,
         engine: config.engine,

@@ -64,3 +64,16 @@ fn kustomization_builds_where_kubectl_exists() {
         "the rules ConfigMap carries the rule files"
     );
 }
+
+#[test]
+fn the_container_config_is_one_kamiguard_accepts() {
+    let path = common::root().join("deploy/compose/kamiguard.toml");
+    let config = kamiguard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.http.listen.to_string(), "0.0.0.0:9464");
+    assert_eq!(
+        config.rules.as_deref(),
+        Some(std::path::Path::new("/etc/kamiguard/rules"))
+    );
+    assert_eq!(config.kafka.brokers, "kafka:9092");
+    config.kafka.validate().expect("no forced property overridden");
+}

@@ -108,6 +108,9 @@ enum Command {
         /// Events per second for the latency phase (default: half the measured run rate).
         #[arg(long)]
         latency_rate: Option<f64>,
+        /// A librdkafka property for every client, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
         #[command(flatten)]
         common: Common,
     },
@@ -209,8 +212,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
             latency_secs,
             latency_rate,
+            properties,
             common,
-        } => bench_command(brokers, events, latency_secs, latency_rate, &common),
+        } => bench_command(brokers, events, latency_secs, latency_rate, properties, &common),
         Command::Demo {
             events,
             rate,
@@ -355,6 +359,7 @@ fn bench_command(
     events: u64,
     latency_secs: u64,
     latency_rate: Option<f64>,
+    properties: Vec<(String, String)>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
@@ -366,6 +371,7 @@ fn bench_command(
         seed: 42,
         latency_secs,
         latency_rate,
+        properties,
         rules,
         geo,
         engine: config.engine,
@@ -374,6 +380,12 @@ fn bench_command(
     let report = runtime.block_on(kamiguard::bench::bench(options))?;
     print!("{}", report.render());
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 fn demo_command(

@@ -285,44 +285,28 @@ fn wait_committed(broker: &Broker, setup: &Setup, group: &str, offset: i64) {
 
 #[test]
 fn sigkill_mid_attack_loses_nothing_and_reuses_decision_ids() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Broker::memory(dir.path());
-    broker.create_topics(1);
-    let setup = setup(broker.port, "kg-kill", 1);
-    let lines = generated(12_000, 5);
-    let expected = replay(&setup, &lines);
-    let (first, second) = lines.split_at(lines.len() / 2);
+    let st = stage(Broker::memory, "kg-kill", 12_000, 5);
+    let (first, second) = st.lines.split_at(st.lines.len() / 2);
 
     // Resumed after each kill: one record per batch (Tansu, see broker.rs).
-    broker.produce(ATTEMPTS, first, true);
-    let run = Processor::start(&setup, "run-1");
-    wait_committed(&broker, &setup, "kg-kill", first.len() as i64);
+    st.broker.produce(ATTEMPTS, first, true);
+    let run = Processor::start(&st.setup, "run-1");
+    st.wait_committed(first.len());
     run.sigkill();
 
     // The attacks straddle the kill: their first half is only in restored state.
-    broker.produce(ATTEMPTS, second, true);
-    let mut decisions = broker.reader(DECISIONS, 1);
+    st.broker.produce(ATTEMPTS, second, true);
+    let mut decisions = st.broker.reader(DECISIONS, 1);
     decisions.drain(Duration::from_secs(2));
     let before = decisions.seen.len();
-    let run = Processor::start(&setup, "run-2");
+    let run = Processor::start(&st.setup, "run-2");
     // Kill again as soon as something new is published: commits lag behind,
     // so the next run redelivers and republishes.
     decisions.read_until(Duration::from_secs(60), |seen| seen.len() > before);
     run.sigkill();
 
-    let run = Processor::start(&setup, "run-3");
-    let total = lines.len();
-    finish(
-        run,
-        &mut decisions,
-        &expected,
-        &broker,
-        &setup,
-        "kg-kill",
-        total,
-        Duration::from_secs(90),
-        "after two SIGKILLs",
-    );
+    let run = Processor::start(&st.setup, "run-3");
+    st.finish(run, &mut decisions, Duration::from_secs(90), "after two SIGKILLs");
 }
 
 #[test]
@@ -381,35 +365,70 @@ fn kafka_python_produces_attempts_and_reads_decisions_and_dead_letters() {
 
 #[test]
 fn broker_restart_mid_stream_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // SQLite storage: the broker keeps its topics and offsets over its restart.
-    let mut broker = Broker::sqlite(dir.path());
-    broker.create_topics(1);
-    let setup = setup(broker.port, "kg-broker", 1);
-    let lines = generated(8000, 9);
-    let expected = replay(&setup, &lines);
-    let (first, second) = lines.split_at(lines.len() / 2);
+    let mut st = stage(Broker::sqlite, "kg-broker", 8000, 9);
+    let (first, second) = st.lines.split_at(st.lines.len() / 2);
 
     // Resumed after the broker restart: one record per batch (see broker.rs).
-    broker.produce(ATTEMPTS, first, true);
-    let run = Processor::start(&setup, "run");
-    wait_committed(&broker, &setup, "kg-broker", first.len() as i64);
-    broker.restart();
-    broker.produce(ATTEMPTS, second, true);
+    st.broker.produce(ATTEMPTS, first, true);
+    let run = Processor::start(&st.setup, "run");
+    st.wait_committed(first.len());
+    st.broker.restart();
+    st.broker.produce(ATTEMPTS, second, true);
 
-    let mut decisions = broker.reader(DECISIONS, 1);
-    let total = lines.len();
-    finish(
-        run,
-        &mut decisions,
-        &expected,
-        &broker,
-        &setup,
-        "kg-broker",
-        total,
-        Duration::from_secs(90),
-        "after a broker restart",
-    );
+    let mut decisions = st.broker.reader(DECISIONS, 1);
+    st.finish(run, &mut decisions, Duration::from_secs(90), "after a broker restart");
+}
+
+/// A broker of its own (`Broker::memory` or `Broker::sqlite`), a scratch
+/// setup for `group`, generated input, and the decisions `replay` makes of it.
+/// Fields drop in order: the broker stops before its folder goes.
+struct Stage {
+    broker: Broker,
+    setup: Setup,
+    group: &'static str,
+    lines: Vec<Vec<u8>>,
+    expected: BTreeMap<String, Value>,
+    _dir: tempfile::TempDir,
+}
+
+fn stage(start: fn(&std::path::Path) -> Broker, group: &'static str, count: u64, seed: u64) -> Stage {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, group, 1);
+    let lines = generated(count, seed);
+    let expected = replay(&setup, &lines);
+    Stage {
+        broker,
+        setup,
+        group,
+        lines,
+        expected,
+        _dir: dir,
+    }
+}
+
+impl Stage {
+    fn wait_committed(&self, offset: usize) {
+        wait_committed(&self.broker, &self.setup, self.group, offset as i64);
+    }
+
+    /// [`finish`] over all of this stage's input.
+    fn finish(&self, run: Processor, decisions: &mut Reader, timeout: Duration, context: &str) {
+        let total = self.lines.len();
+        finish(
+            run,
+            decisions,
+            &self.expected,
+            &self.broker,
+            &self.setup,
+            self.group,
+            total,
+            timeout,
+            context,
+        );
+    }
 }
 
 /// Reads decisions until every one replay expects has arrived (or `timeout`),
@@ -897,40 +916,28 @@ fn sigkill_at_random_moments_several_times_loses_nothing() {
     eprintln!("kill timing seed {seed} (set KAMIGUARD_KILL_SEED to repeat)");
     let mut rng = kamiguard::pipeline::generate::SplitMix::new(seed);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Broker::memory(dir.path());
-    broker.create_topics(1);
-    let setup = setup(broker.port, "kg-chaos", 1);
-    let lines = generated(16_000, 17);
-    let expected = replay(&setup, &lines);
+    let st = stage(Broker::memory, "kg-chaos", 16_000, 17);
     // Resumed after every kill: one record per batch (Tansu, see broker.rs).
-    broker.produce(ATTEMPTS, &lines, true);
+    st.broker.produce(ATTEMPTS, &st.lines, true);
 
-    let mut decisions = broker.reader(DECISIONS, 1);
+    let mut decisions = st.broker.reader(DECISIONS, 1);
     for round in 0..4 {
-        let run = Processor::start(&setup, &format!("run-{round}"));
+        let run = Processor::start(&st.setup, &format!("run-{round}"));
         std::thread::sleep(Duration::from_millis(300 + rng.below(2500)));
         run.sigkill();
     }
-    let run = Processor::start(&setup, "run-last");
-    let context = format!("seed {seed}, after four SIGKILLs");
-    let total = lines.len();
-    finish(
+    let run = Processor::start(&st.setup, "run-last");
+    st.finish(
         run,
         &mut decisions,
-        &expected,
-        &broker,
-        &setup,
-        "kg-chaos",
-        total,
         Duration::from_secs(120),
-        &context,
+        &format!("seed {seed}, after four SIGKILLs"),
     );
     eprintln!(
         "{} messages for {} decisions ({} republished with their own id)",
         decisions.seen.len(),
-        expected.len(),
-        decisions.seen.len() - expected.len()
+        st.expected.len(),
+        decisions.seen.len() - st.expected.len()
     );
 }
 

@@ -472,33 +472,12 @@ fn finish(
 
 /// An HTTP request to kamiguard's endpoint: (status, JSON body).
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok());
-    (status, json.unwrap_or(Value::Null))
+    let (status, text) = common::http(port, method, path, token, body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 fn wait_http(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "no HTTP endpoint on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_listening(port, "kamiguard's HTTP endpoint");
 }
 
 fn high_value_attempt(id: &str, account: &str) -> Vec<u8> {
@@ -746,14 +725,7 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
     wait_committed(&broker, &setup, "kg-leak", lines.len() as i64);
     wait_http(port);
     let (_, _) = http(port, "GET", "/healthz", None, None);
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
-        text
-    };
+    let (_, metrics) = common::http(port, "GET", "/metrics", None, None);
     assert!(metrics.contains("kamiguard_events_total"), "{metrics}");
     assert_eq!(run.sigterm().code(), Some(0));
 
@@ -802,11 +774,7 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
 
 /// A metric's value from the text of `/metrics` (summed over label sets).
 fn metric(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
+    let (_, text) = common::http(port, "GET", "/metrics", None, None);
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -91,11 +91,7 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/setup.sh", tansu().display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_listening(self.port, "tansu");
     }
 
     pub fn bootstrap(&self) -> String {

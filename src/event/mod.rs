@@ -23,26 +23,33 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 const MIN_TS_MS: i64 = 946_684_800_000;
 const MAX_TS_MS: i64 = 4_102_444_800_000;
 
-/// What the redemption service was asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Activation,
-    Redemption,
+/// Declares a closed enum of the contract (snake_case on the wire) together
+/// with `ALL`, its variants in declaration order: the one list the rule
+/// filters' bit masks and the per-label metrics index into.
+macro_rules! contract_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+        }
+    };
 }
 
-/// What the redemption service answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    InvalidCode,
-    WrongPin,
-    Expired,
-    AlreadyUsed,
-    Frozen,
-    Blocked,
-    Error,
+contract_enum! {
+    /// What the redemption service was asked to do.
+    Kind { Activation, Redemption }
+}
+
+contract_enum! {
+    /// What the redemption service answered.
+    Outcome { Success, InvalidCode, WrongPin, Expired, AlreadyUsed, Frozen, Blocked, Error }
 }
 
 impl Outcome {
@@ -55,34 +62,16 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CardType {
-    Physical,
-    ECard,
-    Custom,
-    Membership,
-    Service,
-    CouponPack,
+contract_enum! {
+    CardType { Physical, ECard, Custom, Membership, Service, CouponPack }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    Android,
-    Ios,
-    Web,
-    Pos,
-    Other,
+contract_enum! {
+    Platform { Android, Ios, Web, Pos, Other }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    App,
-    Web,
-    Store,
-    Api,
+contract_enum! {
+    Channel { App, Web, Store, Api }
 }
 
 /// An ISO 3166-1 alpha-2 country code, stored inline.

@@ -39,7 +39,6 @@ use crate::decision::Decision;
 use crate::engine::{Engine, Verdict};
 use crate::event::{self, CodeHasher, Kind, Outcome};
 use crate::metrics::{Health, Metrics};
-use crate::rules::filter::{KINDS, OUTCOMES};
 
 /// Everything `run` needs.
 pub struct Settings {
@@ -335,6 +334,11 @@ pub async fn run(
         Err(_) => Err(RunError::ShutdownTimeout(timeout)),
     };
     consumer.unsubscribe();
+    // Dropping the consumer closes it and leaves the group. librdkafka can
+    // hang in that close (seen with the mock cluster: `rd_kafka_assign(NULL)`
+    // in the revoke callback never returned), so it closes on a thread of its
+    // own and shutdown goes on after 10 s: the offsets are committed already.
+    close_within(consumer, Duration::from_secs(10));
     info!(
         consumed = stats.consumed.load(Ordering::Relaxed),
         decisions = stats.decisions.load(Ordering::Relaxed),
@@ -342,6 +346,18 @@ pub async fn run(
         "stopped"
     );
     outcome.and(committed)
+}
+
+/// Drops `value` on a thread of its own, waiting at most `limit` for it.
+fn close_within<T: Send + 'static>(value: T, limit: Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(value);
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(limit).is_err() {
+        warn!(?limit, "closing the consumer did not finish; going on without it");
+    }
 }
 
 /// What one message produces, and where it goes.
@@ -361,9 +377,9 @@ struct EventCounters(Vec<IntCounter>);
 
 impl EventCounters {
     fn new(metrics: &Metrics) -> EventCounters {
-        let mut counters = Vec::with_capacity(KINDS.len() * OUTCOMES.len());
-        for kind in KINDS {
-            for outcome in OUTCOMES {
+        let mut counters = Vec::with_capacity(Kind::ALL.len() * Outcome::ALL.len());
+        for kind in Kind::ALL {
+            for outcome in Outcome::ALL {
                 counters.push(
                     metrics
                         .events
@@ -375,9 +391,9 @@ impl EventCounters {
     }
 
     fn get(&self, kind: Kind, outcome: Outcome) -> Option<&IntCounter> {
-        let k = KINDS.iter().position(|x| *x == kind)?;
-        let o = OUTCOMES.iter().position(|x| *x == outcome)?;
-        self.0.get(k * OUTCOMES.len() + o)
+        let k = Kind::ALL.iter().position(|x| *x == kind)?;
+        let o = Outcome::ALL.iter().position(|x| *x == outcome)?;
+        self.0.get(k * Outcome::ALL.len() + o)
     }
 }
 

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::enrich::{GeoFacts, GeoNeeds};
-use crate::event::{Country, Event};
+use crate::event::{CardType, Channel, Country, Event, Kind, Outcome, Platform};
 
 /// Facts derived once per attempt, shared by every rule.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,33 +21,6 @@ pub struct Facts {
 fn bit<T: Copy + Eq>(all: &[T], v: T) -> u32 {
     all.iter().position(|x| *x == v).map_or(0, |i| 1 << i)
 }
-
-pub(crate) const KINDS: [crate::event::Kind; 2] = [crate::event::Kind::Activation, crate::event::Kind::Redemption];
-pub(crate) const OUTCOMES: [crate::event::Outcome; 8] = {
-    use crate::event::Outcome::*;
-    [
-        Success,
-        InvalidCode,
-        WrongPin,
-        Expired,
-        AlreadyUsed,
-        Frozen,
-        Blocked,
-        Error,
-    ]
-};
-pub(crate) const CARD_TYPES: [crate::event::CardType; 6] = {
-    use crate::event::CardType::*;
-    [Physical, ECard, Custom, Membership, Service, CouponPack]
-};
-pub(crate) const CHANNELS: [crate::event::Channel; 4] = {
-    use crate::event::Channel::*;
-    [App, Web, Store, Api]
-};
-pub(crate) const PLATFORMS: [crate::event::Platform; 5] = {
-    use crate::event::Platform::*;
-    [Android, Ios, Web, Pos, Other]
-};
 
 pub(crate) fn mask<T: Copy + Eq>(all: &[T], chosen: &[T]) -> u32 {
     chosen.iter().fold(0, |m, v| m | bit(all, *v))
@@ -98,15 +71,15 @@ fn equals<T: PartialEq>(want: Option<T>, v: Option<T>) -> bool {
 impl Filter {
     /// Whether `event` (with `facts`) passes every condition.
     pub fn matches(&self, e: &Event, f: &Facts) -> bool {
-        let passes = in_mask(self.kinds, &KINDS, Some(e.kind))
-            && in_mask(self.outcomes, &OUTCOMES, Some(e.outcome))
+        let passes = in_mask(self.kinds, Kind::ALL, Some(e.kind))
+            && in_mask(self.outcomes, Outcome::ALL, Some(e.outcome))
             && equals(self.failed, Some(e.outcome.is_failure()))
             && (self.brands.is_empty() || e.card.brand.as_ref().is_some_and(|b| self.brands.contains(b)))
-            && in_mask(self.card_types, &CARD_TYPES, e.card.card_type)
+            && in_mask(self.card_types, CardType::ALL, e.card.card_type)
             && at_least(self.min_face_value_fen, e.card.face_value_fen)
             && at_most(self.max_face_value_fen, e.card.face_value_fen)
-            && in_mask(self.channels, &CHANNELS, e.channel)
-            && in_mask(self.platforms, &PLATFORMS, e.device.platform)
+            && in_mask(self.channels, Channel::ALL, e.channel)
+            && in_mask(self.platforms, Platform::ALL, e.device.platform)
             && at_least(self.min_account_age_ms, f.account_age_ms)
             && at_most(self.max_account_age_ms, f.account_age_ms)
             && equals(self.verified, e.account.verified)

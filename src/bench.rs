@@ -180,7 +180,7 @@ async fn send(
     key: &[u8],
     payload: &[u8],
 ) -> Result<DeliveryFuture, KafkaError> {
-    crate::kafka::run::send(producer, topic, key, payload, None).await
+    crate::kafka::run::send(producer, topic, None, key, payload, None).await
 }
 
 /// Awaits acknowledgements in batches, off the sending loop.

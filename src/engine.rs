@@ -73,6 +73,8 @@ pub enum EngineError {
     MissingGeo(GeoNeeds),
     #[error("invalid engine setting: {0}")]
     Config(String),
+    #[error("rule `{rule}` runs per {home}, but this pipeline was started without routing by {home}; restart it to add the {home} topic")]
+    Unrouted { rule: String, home: &'static str },
 }
 
 /// What happened to one attempt.
@@ -146,6 +148,8 @@ pub struct Engine {
     loaded: RwLock<Loaded>,
     /// Allowlist entries that apply to every rule (the admin API's).
     global_allow: RwLock<Allow>,
+    /// Home keys a split pipeline routes to; `None` when not split.
+    routed_homes: RwLock<Option<Vec<KeyName>>>,
     geo: Arc<GeoDatabases>,
     accounts: KeyedStore<AccountMemory>,
     cards: KeyedStore<CardMemory>,
@@ -206,6 +210,7 @@ impl Engine {
         Ok(Engine {
             loaded: RwLock::new(Loaded { rules, states }),
             global_allow: RwLock::new(Allow::default()),
+            routed_homes: RwLock::new(None),
             geo,
             accounts: KeyedStore::new(budget.clone()),
             cards: KeyedStore::new(budget.clone()),
@@ -243,6 +248,14 @@ impl Engine {
     /// is dropped and its keys return to the budget.
     pub fn replace_rules(&self, rules: Arc<RuleSet>) -> Result<Replaced, EngineError> {
         check_geo(&rules, &self.geo)?;
+        if let Some(routed) = &*self.routed_homes.read().unwrap_or_else(|p| p.into_inner()) {
+            if let Some(r) = rules.rules.iter().find(|r| !routed.contains(&r.home)) {
+                return Err(EngineError::Unrouted {
+                    rule: r.id.to_string(),
+                    home: r.home.as_str(),
+                });
+            }
+        }
         let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::take(&mut loaded.states);
         let mut by_version: std::collections::HashMap<(Arc<str>, Arc<str>), RuleState> = loaded
@@ -285,7 +298,19 @@ impl Engine {
     /// Runs one attempt through every rule, appending published decisions to
     /// `out` (with `decided_at` empty: the sink stamps it).
     pub fn process(&self, e: &Event, out: &mut Vec<Decision>) -> Verdict {
-        let id_key = key_of(e.event_id.as_ref());
+        self.process_for(e, None, out)
+    }
+
+    /// Runs one attempt through the rules whose home key is `home` (every rule
+    /// for `None`): the work of the instance that owns the attempt's `home`
+    /// key when the rules are split across instances. Account memory is kept
+    /// where accounts are home, card memory where cards are, and an event id
+    /// counts once per home.
+    pub fn process_for(&self, e: &Event, home: Option<KeyName>, out: &mut Vec<Decision>) -> Verdict {
+        let id_key = match home {
+            None => key_of(e.event_id.as_ref()),
+            Some(h) => key_of(&(h, e.event_id.as_ref())),
+        };
         let first = {
             // A std Mutex: nothing awaits while it is held, and it is held for one insert.
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,7 +330,8 @@ impl Engine {
             _ => Default::default(),
         };
         let keys = self.keys(e, geo.asn);
-        let memory = if rules.needs_account_memory {
+        let serves = |k: KeyName| home.is_none_or(|h| h == k);
+        let memory = if rules.needs_account_memory && serves(KeyName::Account) {
             self.accounts.read(keys.account, Clone::clone)
         } else {
             None
@@ -315,7 +341,7 @@ impl Engine {
         let before = out.len();
         let global = self.global_allow.read().unwrap_or_else(|p| p.into_inner());
         for (rule, state) in rules.rules.iter().zip(&loaded.states) {
-            if !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys, &global) {
+            if !serves(rule.home) || !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys, &global) {
                 continue;
             }
             if let Some(d) = self.evaluate(rule, state, e, &keys, &facts) {
@@ -323,8 +349,41 @@ impl Engine {
             }
         }
         self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
-        self.remember(rules, e, &keys, &facts);
+        self.remember(rules, e, &keys, &facts, serves);
         Verdict::Processed
+    }
+
+    /// The attempt's value of each of `homes` (the subject strings decisions
+    /// use), for routing it to the instance that owns each. A key the attempt
+    /// lacks (no device, no address, an address outside the ASN database) is
+    /// left out: no rule at that home could count the attempt.
+    pub fn home_keys(&self, e: &Event, homes: &[KeyName]) -> SmallVec<[(KeyName, String); 4]> {
+        let geo = match e.ip {
+            Some(ip) if homes.contains(&KeyName::Asn) => self.geo.lookup(
+                ip,
+                GeoNeeds {
+                    asn: true,
+                    ..GeoNeeds::default()
+                },
+            ),
+            _ => Default::default(),
+        };
+        let keys = self.keys(e, geo.asn);
+        let facts = Facts {
+            geo,
+            ..Facts::default()
+        };
+        homes
+            .iter()
+            .filter_map(|h| Some((*h, subject(*h, e, &keys, &facts)?)))
+            .collect()
+    }
+
+    /// Restricts later rule sets to these home keys (`None`: any). A running
+    /// split pipeline routes attempts only to the homes it started with, so a
+    /// reload that needs another is refused rather than silently starved.
+    pub fn restrict_homes(&self, homes: Option<Vec<KeyName>>) {
+        *self.routed_homes.write().unwrap_or_else(|p| p.into_inner()) = homes;
     }
 
     fn keys(&self, e: &Event, asn: Option<u32>) -> Keys {
@@ -596,11 +655,11 @@ impl Engine {
 
     /// Updates account and card memory after the rules have seen the attempt,
     /// so an attempt is judged against what was known before it.
-    fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, facts: &Facts) {
+    fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, facts: &Facts, serves: impl Fn(KeyName) -> bool) {
         if e.outcome != Outcome::Success {
             return;
         }
-        if rules.needs_account_memory {
+        if rules.needs_account_memory && serves(KeyName::Account) {
             let place = facts.geo.location.map(|(lat, lon)| Place {
                 lat: lat as f32,
                 lon: lon as f32,
@@ -619,7 +678,7 @@ impl Engine {
                 }
             });
         }
-        if rules.needs_card_memory && e.kind == Kind::Activation {
+        if rules.needs_card_memory && serves(KeyName::Card) && e.kind == Kind::Activation {
             let bound = match e.card.bound_account.as_deref() {
                 Some(b) => key_of(b),
                 None => keys.account,

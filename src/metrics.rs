@@ -56,6 +56,7 @@ pub struct Metrics {
     pub state_cap_hits: IntCounter,
     pub active_decisions: IntGaugeVec,
     pub restored_events: IntCounter,
+    pub routed: IntCounterVec,
     pub reloads: IntCounterVec,
     pub rules_loaded: IntGauge,
     pub ready: IntGauge,
@@ -147,6 +148,11 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            routed: counter(
+                "routed_events_total",
+                "Attempts forwarded to the internal topic of a home key (split across instances).",
+                &["home"],
+            ),
             reloads: counter(
                 "rule_reloads_total",
                 "Rule reloads, by result (ok, error).",

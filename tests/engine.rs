@@ -1,12 +1,16 @@
 //! Engine behaviour a user notices: the key cap holds and is visible,
-//! redelivered events do not count twice, late events still count.
+//! redelivered events do not count twice, late events still count, and the
+//! rules split by home key decide as one engine does.
 
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kamiguard::engine::{Engine, EngineConfig, Verdict};
 use kamiguard::enrich::GeoDatabases;
 use kamiguard::event::{parse, CodeHasher, Event};
-use kamiguard::rules::compile_sources;
+use kamiguard::rules::{compile_sources, load_rules};
 
 const RULE: &str = r#"[[rule]]
 id = "ip-guessing"
@@ -89,4 +93,60 @@ fn a_late_event_within_the_window_still_counts() {
     engine.process(&attempt("l-late", 40, "10.2.2.2"), &mut out);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].trigger_event_id, "l-late");
+}
+
+/// What several instances do when split (`kafka::topology`): each home key's
+/// rules on an engine of their own, fed only that home's copies. On the same
+/// events in the same order, the union of their decisions is exactly what one
+/// engine with every rule publishes, ids included.
+#[test]
+fn rules_split_by_home_key_decide_exactly_as_one_engine() {
+    let (_dir, _config, geo) = common::fixture_geo();
+    let rules = Arc::new(load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules"));
+    assert_eq!(
+        rules.split_caveats(),
+        Vec::<String>::new(),
+        "the shipped pack splits cleanly"
+    );
+    let hasher = CodeHasher::with_key(b"split-test-key");
+    let events: Vec<Event> = kamiguard::pipeline::generate::generate(30_000, 5, 100)
+        .lines()
+        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
+        .collect();
+    let json = |out: &[kamiguard::decision::Decision]| -> Vec<String> {
+        let mut v: Vec<String> = out.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
+        v.sort();
+        v
+    };
+
+    let whole = Engine::new(rules.clone(), geo.clone(), EngineConfig::default()).expect("engine");
+    let mut one = Vec::new();
+    for e in &events {
+        whole.process(e, &mut one);
+    }
+
+    let mut split = Vec::new();
+    let mut by_home = BTreeMap::new();
+    for home in rules.homes() {
+        let engine = Engine::new(rules.clone(), geo.clone(), EngineConfig::default()).expect("engine");
+        let before = split.len();
+        for e in &events {
+            // a router forwards only attempts that have this key
+            if !engine.home_keys(e, &[home]).is_empty() {
+                engine.process_for(e, Some(home), &mut split);
+            }
+        }
+        by_home.insert(home.as_str(), split.len() - before);
+    }
+
+    let rules_fired: std::collections::BTreeSet<&str> = one.iter().map(|d| &*d.rule).collect();
+    assert!(
+        rules_fired.len() >= 6,
+        "the traffic exercises most rules: {rules_fired:?}"
+    );
+    assert!(
+        by_home.values().filter(|n| **n > 0).count() >= 3,
+        "decisions come from several homes: {by_home:?}"
+    );
+    assert_eq!(json(&one), json(&split));
 }

@@ -169,7 +169,12 @@ pub async fn demo(
     let pipeline = run(
         Settings {
             kafka: kafka.clone(),
-            pipeline: PipelineConfig::default(),
+            // One instance: nothing to split (and the mock cluster does not
+            // answer the admin requests that create internal topics).
+            pipeline: PipelineConfig {
+                repartition: crate::kafka::config::Repartition::Never,
+                ..PipelineConfig::default()
+            },
             engine: engine.clone(),
             hasher,
             metrics: metrics.clone(),

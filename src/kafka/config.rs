@@ -93,6 +93,20 @@ pub struct PipelineConfig {
     pub shutdown_timeout_secs: u64,
     /// How often the rule files are checked for changes, seconds (0: only on SIGHUP).
     pub rules_poll_secs: u64,
+    /// Whether attempts are forwarded to internal topics keyed by each rule's
+    /// home key, so several instances split the work and each window key
+    /// lives on one instance: `auto` (when the attempts topic has more than
+    /// one partition), `always` or `never` (one instance only).
+    pub repartition: Repartition,
+}
+
+/// See [`PipelineConfig::repartition`] and `kafka::topology`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Repartition {
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for PipelineConfig {
@@ -106,6 +120,7 @@ impl Default for PipelineConfig {
             restore_idle_secs: 30,
             shutdown_timeout_secs: 30,
             rules_poll_secs: 2,
+            repartition: Repartition::Auto,
         }
     }
 }

@@ -37,21 +37,26 @@ use tracing::{info, warn};
 use super::config::{KafkaConfig, PipelineConfig};
 use crate::engine::Engine;
 use crate::event::{self, CodeHasher, Event};
+use crate::rules::KeyName;
 
 /// Events buffered across partitions before the merge stops waiting for a
 /// slow partition (the engine tolerates the lateness this may cause).
 const MAX_BUFFERED: usize = 100_000;
 
 /// One partition to restore: everything before `end` (its committed offset)
-/// that this process has not processed itself (`done_upto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// that this process has not processed itself (`done_upto`), run through the
+/// rules of `home` (every rule for `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreRange {
+    pub topic: String,
+    pub home: Option<KeyName>,
     pub partition: i32,
     pub done_upto: Option<i64>,
     pub end: i64,
 }
 
-/// Replays `ranges` of the attempts topic into `engine`, decisions dropped.
+/// Replays `ranges` (of the attempts topic, or of internal topics when the
+/// pipeline is split) into `engine`, decisions dropped.
 /// Returns how many events were replayed.
 pub fn restore(
     kafka: &KafkaConfig,
@@ -62,7 +67,6 @@ pub fn restore(
     lookback_ms: i64,
 ) -> Result<u64, KafkaError> {
     let started = Instant::now();
-    let topic = &kafka.topics.attempts;
     // Group-less (assign only): a static member id belongs to the live consumer.
     let consumer: BaseConsumer = kafka
         .consumer_config()
@@ -74,22 +78,23 @@ pub fn restore(
     let since = chrono::Utc::now().timestamp_millis() - lookback_ms;
     let mut by_time = TopicPartitionList::new();
     for r in ranges {
-        by_time.add_partition_offset(topic, r.partition, Offset::Offset(since))?;
+        by_time.add_partition_offset(&r.topic, r.partition, Offset::Offset(since))?;
     }
     let by_time = consumer.offsets_for_times(by_time, timeout)?;
     let mut start = TopicPartitionList::new();
+    // By range index: where each stops.
     let mut end = BTreeMap::new();
-    for r in ranges {
-        let from = match by_time.find_partition(topic, r.partition).map(|e| e.offset()) {
+    for (i, r) in ranges.iter().enumerate() {
+        let from = match by_time.find_partition(&r.topic, r.partition).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             // Nothing as young as the lookback.
             Some(Offset::End) => r.end,
-            _ => consumer.fetch_watermarks(topic, r.partition, timeout)?.0,
+            _ => consumer.fetch_watermarks(&r.topic, r.partition, timeout)?.0,
         };
         let from = from.max(r.done_upto.unwrap_or(0));
         if from < r.end {
-            start.add_partition_offset(topic, r.partition, Offset::Offset(from))?;
-            end.insert(r.partition, r.end);
+            start.add_partition_offset(&r.topic, r.partition, Offset::Offset(from))?;
+            end.insert(i, r.end);
         }
     }
     if end.is_empty() {
@@ -97,13 +102,13 @@ pub fn restore(
     }
     consumer.assign(&start)?;
 
-    let mut pending: BTreeSet<i32> = end.keys().copied().collect();
-    let mut buffers: BTreeMap<i32, VecDeque<Event>> = end.keys().map(|p| (*p, VecDeque::new())).collect();
+    let mut pending: BTreeSet<usize> = end.keys().copied().collect();
+    let mut buffers: BTreeMap<usize, VecDeque<Event>> = end.keys().map(|i| (*i, VecDeque::new())).collect();
     let mut buffered = 0usize;
     let mut replayed = 0u64;
     let mut dropped = Vec::new();
-    let mut replay = |e: Event| {
-        engine.process(&e, &mut dropped);
+    let mut replay = |i: usize, e: Event| {
+        engine.process_for(&e, ranges[i].home, &mut dropped);
         dropped.clear();
         replayed += 1;
     };
@@ -112,7 +117,12 @@ pub fn restore(
     while !pending.is_empty() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let p = m.partition();
+                let Some(p) = ranges
+                    .iter()
+                    .position(|r| r.partition == m.partition() && r.topic == m.topic())
+                else {
+                    continue;
+                };
                 let Some(&stop) = end.get(&p) else { continue };
                 if m.offset() < stop {
                     // Bad messages went to the dead-letter topic when first read.
@@ -136,23 +146,30 @@ pub fn restore(
         // Merge: take the earliest head while every unfinished partition has
         // something buffered, so the engine sees event-time order.
         while buffered > MAX_BUFFERED || pending.iter().all(|p| buffers.get(p).is_some_and(|b| !b.is_empty())) {
-            let Some(e) = pop_earliest(&mut buffers) else { break };
+            let Some((i, e)) = pop_earliest(&mut buffers) else {
+                break;
+            };
             buffered -= 1;
-            replay(e);
+            replay(i, e);
         }
     }
-    while let Some(e) = pop_earliest(&mut buffers) {
-        replay(e);
+    while let Some((i, e)) = pop_earliest(&mut buffers) {
+        replay(i, e);
     }
-    info!(events = replayed, partitions = ?end.keys().collect::<Vec<_>>(), took_ms = started.elapsed().as_millis() as u64, "state restored");
+    let restored: Vec<String> = end
+        .keys()
+        .map(|i| format!("{}[{}]", ranges[*i].topic, ranges[*i].partition))
+        .collect();
+    info!(events = replayed, partitions = ?restored, took_ms = started.elapsed().as_millis() as u64, "state restored");
     Ok(replayed)
 }
 
-fn pop_earliest(buffers: &mut BTreeMap<i32, VecDeque<Event>>) -> Option<Event> {
-    let p = buffers
+/// The earliest head of all buffers, with its buffer's range index.
+fn pop_earliest(buffers: &mut BTreeMap<usize, VecDeque<Event>>) -> Option<(usize, Event)> {
+    let i = buffers
         .iter()
-        .filter_map(|(p, b)| b.front().map(|e| (e.ts_ms, *p)))
+        .filter_map(|(i, b)| b.front().map(|e| (e.ts_ms, *i)))
         .min()
-        .map(|(_, p)| p)?;
-    buffers.get_mut(&p)?.pop_front()
+        .map(|(_, i)| i)?;
+    Some((i, buffers.get_mut(&i)?.pop_front()?))
 }

@@ -33,8 +33,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{KafkaConfig, KafkaConfigError, PipelineConfig, Topics};
-use super::dead_letter::{dead_letter, Source};
+use super::dead_letter::{dead_letter, redact, Source};
 use super::restore::{restore, RestoreRange};
+use super::topology::{self, partition_for, Role, Topology};
 use crate::decision::Decision;
 use crate::engine::{Engine, Verdict};
 use crate::event::{self, CodeHasher, Kind, Outcome};
@@ -67,6 +68,8 @@ pub struct RunStats {
     pub restored: AtomicU64,
     /// Offset commits sent.
     pub commits: AtomicU64,
+    /// Copies of attempts forwarded to internal topics (split pipeline).
+    pub routed: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,12 @@ pub enum RunError {
     Config(#[from] KafkaConfigError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("topic {0} does not exist (create it, or set kafka.create_topics = true)")]
+    MissingTopic(String),
+    #[error(
+        "kafka.group_id `{0}` names the internal topics but contains `{1}`; use letters, digits, `.`, `_` and `-`"
+    )]
+    InternalTopicName(String, char),
     #[error("cannot create topic {topic}: {code}")]
     CreateTopic { topic: String, code: RDKafkaErrorCode },
     #[error("the broker refused a {what}: {error}; offsets after it are not committed")]
@@ -124,11 +133,15 @@ impl ConsumerContext for RunContext {
     }
 }
 
+/// A partition of a consumed topic: the topic's index in
+/// [`Topology::consumed`], and the partition.
+type Slot = (usize, i32);
+
 /// One hand-off from the loop to the committer.
 #[derive(Default)]
 struct Batch {
     /// Next offset to consume, by partition, after this batch.
-    offsets: BTreeMap<i32, i64>,
+    offsets: BTreeMap<Slot, i64>,
     /// Acknowledgements of everything the batch published.
     acks: Vec<Pending>,
     events: usize,
@@ -195,14 +208,21 @@ pub async fn run(
                 topic: kafka.topics.attempts.clone(),
             })?,
     );
-    consumer.subscribe(&[&kafka.topics.attempts])?;
+    let topology = topology::plan(&kafka, pipeline.repartition, &engine.rules().homes()).await?;
+    if topology.is_split() {
+        engine.restrict_homes(Some(topology.homes()));
+        for caveat in engine.rules().split_caveats() {
+            warn!("{caveat}");
+        }
+    }
+    consumer.subscribe(&topology.topics())?;
     let producer: FutureProducer = kafka.producer_config().create()?;
-    info!(brokers = %kafka.brokers, topic = %kafka.topics.attempts, group = %kafka.group_id, "consuming");
+    info!(brokers = %kafka.brokers, topics = ?topology.topics(), group = %kafka.group_id, "consuming");
 
     let (tx, rx) = mpsc::channel::<Batch>(pipeline.in_flight_batches.max(1));
     let committer = tokio::spawn(commit_loop(
         consumer.clone(),
-        kafka.topics.attempts.clone(),
+        topology.topics().into_iter().map(String::from).collect(),
         rx,
         Duration::from_millis(pipeline.commit_interval_ms),
         stats.clone(),
@@ -213,10 +233,10 @@ pub async fn run(
         Some(secs) => secs as i64 * 1000,
         None => engine.rules().longest_window_ms + engine.lateness_ms(),
     };
-    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut owned: BTreeSet<Slot> = BTreeSet::new();
     // Next offset this process has processed, by partition: a partition that
     // comes back after a rebalance is restored only from there.
-    let mut processed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut processed: BTreeMap<Slot, i64> = BTreeMap::new();
     let mut batch = Batch::default();
     let mut batch_started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(pipeline.batch_ms.max(1)));
@@ -229,8 +249,9 @@ pub async fn run(
         metrics: &metrics,
         events_by: EventCounters::new(&metrics),
         decisions: Vec::new(),
+        topology: &topology,
+        homes: topology.homes(),
     };
-    let attempts = kafka.topics.attempts.as_str();
 
     let outcome: Result<(), RunError> = loop {
         let message = tokio::select! {
@@ -241,7 +262,7 @@ pub async fn run(
         };
         // Restore newly assigned partitions before deciding on any of their
         // events (also on a quiet tick, so /readyz turns ready on an empty topic).
-        let unknown = matches!(&message, Some(Ok(m)) if !owned.contains(&m.partition()));
+        let unknown = matches!(&message, Some(Ok(m)) if topology.index(m.topic()).is_none_or(|t| !owned.contains(&(t, m.partition()))));
         if consumer.context().assignment_changed.swap(false, Ordering::SeqCst) || unknown {
             let started = Instant::now();
             let restored = tokio::task::block_in_place(|| {
@@ -251,6 +272,7 @@ pub async fn run(
                     &pipeline,
                     &engine,
                     &hasher,
+                    &topology,
                     &mut owned,
                     &processed,
                     lookback_ms,
@@ -285,17 +307,24 @@ pub async fn run(
                 continue;
             }
         };
-        let partition = m.partition();
-        stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let Some(t) = topology.index(m.topic()) else {
+            warn!(topic = m.topic(), "message from a topic not subscribed to; skipped");
+            continue;
+        };
+        let slot = (t, m.partition());
+        let role = topology.consumed[t].role;
+        if matches!(role, Role::Direct | Role::Route) {
+            stats.consumed.fetch_add(1, Ordering::Relaxed);
+        }
         let source = Source {
-            topic: attempts,
-            partition,
+            topic: m.topic(),
+            partition: m.partition(),
             offset: m.offset(),
         };
         let key = m.key().unwrap_or_default();
         let ingested = Instant::now();
         if let Err(e) = out
-            .handle(m.payload().unwrap_or_default(), key, source, ingested, &mut batch)
+            .handle(m.payload().unwrap_or_default(), key, source, role, ingested, &mut batch)
             .await
         {
             break Err(e);
@@ -303,8 +332,8 @@ pub async fn run(
         if batch.events == 0 {
             batch_started = Instant::now();
         }
-        batch.offsets.insert(partition, m.offset() + 1);
-        processed.insert(partition, m.offset() + 1);
+        batch.offsets.insert(slot, m.offset() + 1);
+        processed.insert(slot, m.offset() + 1);
         batch.events += 1;
         if batch.events >= pipeline.batch_events && !hand_off(&tx, &mut batch, &mut shutdown).await {
             break Ok(());
@@ -370,6 +399,8 @@ struct Outputs<'a> {
     metrics: &'a Metrics,
     events_by: EventCounters,
     decisions: Vec<Decision>,
+    topology: &'a Topology,
+    homes: Vec<crate::rules::KeyName>,
 }
 
 /// `events_total` resolved once per (kind, outcome): no label lookup per event.
@@ -406,27 +437,37 @@ fn serde_name(v: &impl serde::Serialize) -> String {
 }
 
 impl Outputs<'_> {
-    /// Parses one message; publishes its decisions, or its dead letter, and
-    /// adds their acknowledgements to `batch`. An error stops the pipeline
-    /// before anything after it is committed, so those events are redelivered.
+    /// Parses one message and does what its topic's `role` says: decides
+    /// (publishing its decisions) or forwards it to its home keys' topics; a
+    /// bad message becomes a dead letter. Every acknowledgement awaited goes
+    /// into `batch`. An error stops the pipeline before anything after it is
+    /// committed, so those events are redelivered.
     async fn handle(
         &mut self,
         payload: &[u8],
         key: &[u8],
         source: Source<'_>,
+        role: Role,
         ingested: Instant,
         batch: &mut Batch,
     ) -> Result<(), RunError> {
         let (stats, metrics) = (self.stats, self.metrics);
         match event::parse(payload, self.hasher) {
+            Ok(e) if role == Role::Route => {
+                self.count_intake(&e);
+                self.route(&e, payload, batch).await?;
+            }
             Ok(e) => {
-                stats.events.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = self.events_by.get(e.kind, e.outcome) {
-                    c.inc();
-                }
+                let home = match role {
+                    Role::Home(h) => Some(h),
+                    _ => {
+                        self.count_intake(&e);
+                        None
+                    }
+                };
                 self.decisions.clear();
                 let started = Instant::now();
-                let verdict = self.engine.process(&e, &mut self.decisions);
+                let verdict = self.engine.process_for(&e, home, &mut self.decisions);
                 metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
                 if verdict == Verdict::Duplicate {
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -436,7 +477,7 @@ impl Outputs<'_> {
                 for d in &mut self.decisions {
                     d.stamp(now);
                     let body = serde_json::to_vec(&*d).map_err(|e| RunError::Encode(e.to_string()))?;
-                    let ack = send(self.producer, &self.topics.decisions, &d.key(), &body, None)
+                    let ack = send(self.producer, &self.topics.decisions, None, &d.key(), &body, None)
                         .await
                         .map_err(|error| RunError::Delivery {
                             what: "decision",
@@ -465,6 +506,7 @@ impl Outputs<'_> {
                 let ack = send(
                     self.producer,
                     &self.topics.dead_letters,
+                    None,
                     key,
                     &letter.payload,
                     Some(letter.headers),
@@ -482,6 +524,40 @@ impl Outputs<'_> {
                 stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 metrics.rejected.with_label_values(&[error.reason()]).inc();
             }
+        }
+        Ok(())
+    }
+
+    fn count_intake(&self, e: &event::Event) {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.events_by.get(e.kind, e.outcome) {
+            c.inc();
+        }
+    }
+
+    /// Forwards one valid attempt to the internal topic of each home key it
+    /// has, keyed and placed by that key, with a raw code replaced by its hash.
+    async fn route(&mut self, e: &event::Event, payload: &[u8], batch: &mut Batch) -> Result<(), RunError> {
+        let clean = redact(payload, self.hasher).map(|(p, _)| p);
+        let body = clean.as_deref().unwrap_or(payload);
+        for (home, value) in self.engine.home_keys(e, &self.homes) {
+            let Some(route) = self.topology.routes.iter().find(|r| r.home == home) else {
+                continue;
+            };
+            let partition = partition_for(value.as_bytes(), route.partitions);
+            let ack = send(self.producer, &route.topic, Some(partition), &value, body, None)
+                .await
+                .map_err(|error| RunError::Delivery {
+                    what: "forwarded attempt",
+                    error,
+                })?;
+            batch.acks.push(Pending {
+                what: "forwarded attempt",
+                ack,
+                timing: None,
+            });
+            self.stats.routed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.routed.with_label_values(&[route.home.as_str()]).inc();
         }
         Ok(())
     }
@@ -508,11 +584,15 @@ async fn hand_off(tx: &mpsc::Sender<Batch>, batch: &mut Batch, shutdown: &mut wa
 pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
+    partition: Option<i32>,
     key: &(impl rdkafka::message::ToBytes + ?Sized),
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<DeliveryFuture, KafkaError> {
     let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
     if let Some(h) = headers {
         record = record.headers(h);
     }
@@ -532,22 +612,22 @@ pub(crate) async fn send(
 /// they cover. Returns at the first refused delivery, without committing it.
 async fn commit_loop(
     consumer: Arc<StreamConsumer<RunContext>>,
-    topic: String,
+    topics: Vec<String>,
     mut rx: mpsc::Receiver<Batch>,
     interval: Duration,
     stats: Arc<RunStats>,
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
-    let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut acked: BTreeMap<Slot, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
-    let commit = |acked: &mut BTreeMap<i32, i64>, mode: CommitMode| {
+    let commit = |acked: &mut BTreeMap<Slot, i64>, mode: CommitMode| {
         if acked.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in acked.iter() {
+        for ((t, p), o) in acked.iter() {
             // Offsets were valid when read; adding one cannot fail.
-            let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*o));
+            let _ = tpl.add_partition_offset(&topics[*t], *p, Offset::Offset(*o));
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
@@ -609,7 +689,9 @@ async fn commit_loop(
 }
 
 /// Brings `owned` up to the consumer's assignment and restores the state of
-/// partitions that are new to this process. Returns events restored.
+/// partitions that are new to this process: those of the attempts topic when
+/// not split, of the internal topics when split (routing keeps no state).
+/// Returns events restored.
 #[allow(clippy::too_many_arguments)]
 fn reconcile(
     consumer: &StreamConsumer<RunContext>,
@@ -617,42 +699,53 @@ fn reconcile(
     pipeline: &PipelineConfig,
     engine: &Engine,
     hasher: &CodeHasher,
-    owned: &mut BTreeSet<i32>,
-    processed: &BTreeMap<i32, i64>,
+    topology: &Topology,
+    owned: &mut BTreeSet<Slot>,
+    processed: &BTreeMap<Slot, i64>,
     lookback_ms: i64,
 ) -> Result<u64, KafkaError> {
-    let topic = &kafka.topics.attempts;
     let assignment = consumer.assignment()?;
-    let now: BTreeSet<i32> = assignment
-        .elements_for_topic(topic)
+    let now: BTreeSet<Slot> = assignment
+        .elements()
         .iter()
-        .map(|e| e.partition())
+        .filter_map(|e| Some((topology.index(e.topic())?, e.partition())))
         .collect();
-    let new: Vec<i32> = now.difference(owned).copied().collect();
+    let new: Vec<Slot> = now.difference(owned).copied().collect();
     *owned = now;
-    if new.is_empty() {
-        return Ok(0);
-    }
     let mut tpl = TopicPartitionList::new();
-    for p in &new {
-        tpl.add_partition(topic, *p);
+    for (t, p) in &new {
+        if topology.consumed[*t].role != Role::Route {
+            tpl.add_partition(&topology.consumed[*t].topic, *p);
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(0);
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
     let ranges: Vec<RestoreRange> = committed
-        .elements_for_topic(topic)
+        .elements()
         .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(end) => Some(RestoreRange {
-                partition: e.partition(),
-                done_upto: processed.get(&e.partition()).copied(),
-                end,
-            }),
-            // No commit yet: the group starts from `auto.offset.reset`, and
-            // there is nothing before it to restore.
-            _ => None,
+        .filter_map(|e| {
+            let t = topology.index(e.topic())?;
+            let slot = (t, e.partition());
+            match e.offset() {
+                Offset::Offset(end) => Some(RestoreRange {
+                    topic: topology.consumed[t].topic.clone(),
+                    home: match topology.consumed[t].role {
+                        Role::Home(h) => Some(h),
+                        _ => None,
+                    },
+                    partition: e.partition(),
+                    done_upto: processed.get(&slot).copied(),
+                    end,
+                }),
+                // No commit yet: the group starts from `auto.offset.reset`, and
+                // there is nothing before it to restore.
+                _ => None,
+            }
         })
         .collect();
-    info!(partitions = ?new, restoring = ranges.len(), "new partitions");
+    info!(partitions = ?new.iter().map(|(t, p)| format!("{}[{p}]", topology.consumed[*t].topic)).collect::<Vec<_>>(), restoring = ranges.len(), "new partitions");
     if ranges.is_empty() {
         return Ok(0);
     }

@@ -37,6 +37,11 @@ pub struct CompiledRule {
     pub noun: String,
     pub allow: Allow,
     pub geo_needs: GeoNeeds,
+    /// The key this rule's state lives under: its group-by key; for a match
+    /// rule, the key of the memory it reads (account, card), else its scope.
+    /// Split across instances, each rule runs where its home key is owned
+    /// (see `kafka::topology`).
+    pub home: KeyName,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -362,7 +367,15 @@ pub(crate) fn compile_rule(
         noun,
         allow,
         geo_needs: GeoNeeds::default(),
+        home: KeyName::Account,
     };
+    rule.home = rule.group_by().unwrap_or(if rule.filter.needs_account_memory() {
+        KeyName::Account
+    } else if rule.filter.needs_card_memory() {
+        KeyName::Card
+    } else {
+        rule.scope
+    });
     let f = rule.filter.geo_needs();
     let k = rule.key_needs();
     rule.geo_needs = GeoNeeds {

@@ -116,6 +116,11 @@ impl Filter {
             || self.exclude.as_ref().is_some_and(|x| x.needs_account_memory())
     }
 
+    /// Whether the filter asks if a card is bound to another account (card memory).
+    pub fn needs_card_memory(&self) -> bool {
+        self.bound_to_other_account.is_some() || self.exclude.as_ref().is_some_and(|x| x.needs_card_memory())
+    }
+
     /// The facts behind a match, as phrases for the reason sentence and as
     /// evidence fields. Only conditions this filter sets are described.
     pub fn explain(&self, e: &Event, f: &Facts) -> (Vec<String>, Map<String, Value>) {

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use super::compile::{compile_rule, CompiledRule};
 use super::spec::RuleSpec;
+use super::KeyName;
 use crate::enrich::GeoNeeds;
 
 /// One problem in a rule file.
@@ -144,7 +145,7 @@ impl RuleSet {
         }
         RuleSet {
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),
-            needs_card_memory: rules.iter().any(|r| needs_card(&r.filter)),
+            needs_card_memory: rules.iter().any(|r| r.filter.needs_card_memory()),
             version: hex::encode(&hasher.finalize()[..6]),
             rules,
             disabled,
@@ -154,8 +155,48 @@ impl RuleSet {
     }
 }
 
-fn needs_card(f: &super::Filter) -> bool {
-    f.bound_to_other_account.is_some() || f.exclude.as_deref().is_some_and(needs_card)
+impl RuleSet {
+    /// The home keys of the rules, each once, in [`KeyName::ALL`] order.
+    pub fn homes(&self) -> Vec<KeyName> {
+        KeyName::ALL
+            .into_iter()
+            .filter(|k| self.rules.iter().any(|r| r.home == *k))
+            .collect()
+    }
+
+    /// Rules that give other decisions split across instances than in one:
+    /// each instance keeps a rule's state for the home keys it owns, so a rule
+    /// that decides on another key, or reads memory kept under another key,
+    /// sees only part of it.
+    pub fn split_caveats(&self) -> Vec<String> {
+        let mut caveats = Vec::new();
+        for r in &self.rules {
+            if r.scope != r.home {
+                caveats.push(format!(
+                    "rule `{}` keeps its state per {} but decides on {}: split across instances, two instances may each publish it for one {}",
+                    r.id,
+                    r.home.as_str(),
+                    r.scope.as_str(),
+                    r.scope.as_str()
+                ));
+            }
+            if r.filter.needs_account_memory() && r.home != KeyName::Account {
+                caveats.push(format!(
+                    "rule `{}` reads account memory (new device, travel, country) but runs per {}: split across instances it sees no account memory and stays quiet",
+                    r.id,
+                    r.home.as_str()
+                ));
+            }
+            if r.filter.needs_card_memory() && r.home != KeyName::Card {
+                caveats.push(format!(
+                    "rule `{}` asks whether a card is bound to another account but runs per {}: split across instances it sees no card memory and stays quiet",
+                    r.id,
+                    r.home.as_str()
+                ));
+            }
+        }
+        caveats
+    }
 }
 
 /// Loads a rule file or every `*.toml` file in a directory (sorted by name).

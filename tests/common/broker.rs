@@ -133,17 +133,31 @@ impl Broker {
             .expect("create topics");
     }
 
-    /// Produces `messages` to `topic`, partition chosen by key. With
-    /// `one_per_batch`, each record is its own batch (see the module doc).
+    /// Produces `messages` to `topic`, without keys. With `one_per_batch`,
+    /// each record is its own batch (see the module doc).
     pub fn produce(&self, topic: &str, messages: &[Vec<u8>], one_per_batch: bool) {
+        let unkeyed: Vec<(Option<String>, Option<i32>, &[u8])> =
+            messages.iter().map(|m| (None, None, m.as_slice())).collect();
+        self.produce_to(topic, &unkeyed, one_per_batch);
+    }
+
+    /// Produces (key, partition, payload) records; `None` leaves the choice
+    /// to the client.
+    pub fn produce_to(&self, topic: &str, messages: &[(Option<String>, Option<i32>, &[u8])], one_per_batch: bool) {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.bootstrap()).set("linger.ms", "5");
         if one_per_batch {
             config.set("batch.num.messages", "1");
         }
         let producer: BaseProducer = config.create().expect("producer");
-        for m in messages {
-            let mut record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).payload(m);
+        for (key, partition, m) in messages {
+            let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(*m);
+            if let Some(k) = key {
+                record = record.key(k.as_str());
+            }
+            if let Some(p) = partition {
+                record = record.partition(*p);
+            }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,

@@ -23,6 +23,7 @@ pub fn kamiguard() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_kamiguard"))
 }
 pub mod broker;
+pub mod pipeline;
 
 /// Waits until something listens on loopback `port` (at most 30 s); `what`
 /// names it in the failure.

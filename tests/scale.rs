@@ -1,0 +1,274 @@
+//! Several `kamiguard run` instances in one consumer group on a real broker
+//! (Tansu): split by home key through the internal topics, they decide what
+//! one instance and `replay` decide, also when one of them is killed mid-attack.
+//!
+//! The input is keyed by account, as the redemption service keys it, so an
+//! attacker rotating accounts (a device farm, an address shared by many
+//! accounts) lands on every partition: without the split each instance would
+//! see a quarter of it. (An account's attempts stay in order on one partition,
+//! which the rules reading account memory need: see README, "Several
+//! instances".)
+//!
+//! What is compared is the set of (rule, scope, subject, action, mode). The
+//! decision id also names the attempt that crossed the line, and which one that
+//! is depends on how the partitions interleave on their way to the internal
+//! topics, so ids may differ from replay's; the decisions themselves may not.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::broker::{Broker, Reader, Record};
+use common::pipeline::{replay, setup_with, Processor, Setup, ATTEMPTS, DECISIONS};
+use kamiguard::kafka::topology::partition_for;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+const PARTITIONS: i32 = 4;
+
+/// Everything a decision says but its id, its trigger and its samples.
+type Verdict = (String, String, String, String, String);
+
+fn verdicts<'a>(payloads: impl Iterator<Item = &'a Value>) -> BTreeSet<Verdict> {
+    payloads
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+            (s("rule"), s("scope"), s("subject"), s("action"), s("mode"))
+        })
+        .collect()
+}
+
+fn published(seen: &[Record]) -> BTreeSet<Verdict> {
+    let values: Vec<Value> = seen
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("decision json"))
+        .collect();
+    verdicts(values.iter())
+}
+
+fn account_of(line: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(line).expect("generated json");
+    v["account"]["id"].as_str().expect("account id").to_string()
+}
+
+/// The most input partitions the attempts behind one expected device or
+/// address decision came from.
+fn widest_spread(st: &Split) -> usize {
+    st.expected
+        .iter()
+        .filter(|(_, scope, ..)| scope == "device" || scope == "ip")
+        .map(|(_, scope, subject, ..)| {
+            st.lines
+                .iter()
+                .filter(|l| {
+                    let v: Value = serde_json::from_slice(l).expect("json");
+                    match scope.as_str() {
+                        "device" => v["device"]["fingerprint"] == subject.as_str(),
+                        _ => v["ip"] == subject.as_str(),
+                    }
+                })
+                .map(|l| partition_for(account_of(l).as_bytes(), PARTITIONS))
+                .collect::<BTreeSet<i32>>()
+                .len()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Split {
+    broker: Broker,
+    setup: Setup,
+    group: &'static str,
+    lines: Vec<Vec<u8>>,
+    expected: BTreeSet<Verdict>,
+    _dir: tempfile::TempDir,
+}
+
+fn split(group: &'static str, count: u64, seed: u64) -> Split {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(PARTITIONS);
+    // Instances resume internal topics after every rebalance: their records
+    // go one per batch (Tansu, see tests/common/broker.rs). Production keeps
+    // the batched default.
+    let setup = setup_with(
+        broker.port,
+        group,
+        PARTITIONS,
+        "[kafka.producer]\n\"batch.num.messages\" = \"1\"\n",
+    );
+    // 1000 attempts a second of event time: the partitions' interleaving
+    // shifts an attempt by a few seconds at most, well inside the lateness.
+    let lines: Vec<Vec<u8>> = kamiguard::pipeline::generate::generate(count, seed, 1000)
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    let expected = verdicts(replay(&setup, &lines).values());
+    Split {
+        broker,
+        setup,
+        group,
+        lines,
+        expected,
+        _dir: dir,
+    }
+}
+
+impl Split {
+    /// Produces `lines` keyed by account, placed as Kafka's partitioner places keys.
+    fn produce(&self, lines: &[Vec<u8>]) {
+        let records: Vec<(Option<String>, Option<i32>, &[u8])> = lines
+            .iter()
+            .map(|l| {
+                let account = account_of(l);
+                let p = partition_for(account.as_bytes(), PARTITIONS);
+                (Some(account), Some(p), l.as_slice())
+            })
+            .collect();
+        // Resumed from after rebalances and a kill: one record per batch.
+        self.broker.produce_to(ATTEMPTS, &records, true);
+    }
+
+    /// Waits until the group has committed every attempt.
+    fn wait_all_committed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let committed: i64 = self
+                .broker
+                .committed(self.group, ATTEMPTS, PARTITIONS)
+                .iter()
+                .map(|o| (*o).max(0))
+                .sum();
+            if committed >= self.lines.len() as i64 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(self.setup.dir.path())
+                    .arg("/tmp/scale-logs")
+                    .status();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed {committed} of {} attempts\n{}",
+                self.lines.len(),
+                self.setup.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Reads decisions until replay's are all there, waits for every attempt
+    /// to be committed, stops `runs` with SIGTERM (each exits 0) and compares.
+    fn finish(&self, runs: Vec<Processor>, decisions: &mut Reader, context: &str) {
+        let complete = decisions.read_until(Duration::from_secs(180), |seen| {
+            published(seen).is_superset(&self.expected)
+        });
+        self.wait_all_committed(Duration::from_secs(120));
+        decisions.drain(Duration::from_secs(2));
+        for run in runs {
+            assert_eq!(run.sigterm().code(), Some(0), "{context}: a clean SIGTERM exits 0");
+        }
+        let got = published(&decisions.seen);
+        let missing: Vec<_> = self.expected.difference(&got).collect();
+        let extra: Vec<_> = got.difference(&self.expected).collect();
+        assert!(
+            complete && missing.is_empty(),
+            "{context}: missing {missing:?}\n{}",
+            self.setup.logs()
+        );
+        assert!(extra.is_empty(), "{context}: decisions replay does not make: {extra:?}");
+    }
+
+    /// Whether instance `n`'s log has a line saying `what` about internal partitions.
+    fn logged_internal(&self, n: usize, what: &str) -> bool {
+        let log = std::fs::read_to_string(self.setup.dir.path().join(format!("instance-{n}.log"))).unwrap_or_default();
+        log.lines()
+            .any(|l| l.contains(what) && l.contains(&format!("{}-repartition-", self.group)))
+    }
+
+    /// Whether instance `n` was given internal partitions.
+    fn owned_internal(&self, n: usize) -> bool {
+        self.logged_internal(n, "new partitions")
+    }
+}
+
+#[test]
+fn three_instances_split_by_key_decide_as_one_instance_and_replay() {
+    let st = split("kg-split", 16_000, 41);
+    assert!(st.expected.len() >= 10, "an attack worth the name: {:?}", st.expected);
+    assert_eq!(
+        widest_spread(&st),
+        PARTITIONS as usize,
+        "an attacker on every partition"
+    );
+    let runs: Vec<Processor> = (1..=3).map(|n| Processor::instance(&st.setup, n)).collect();
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.produce(&st.lines);
+    st.finish(runs, &mut decisions, "three instances");
+    for n in 1..=3 {
+        assert!(st.owned_internal(n), "instance {n} took part\n{}", st.setup.logs());
+    }
+}
+
+/// Tansu 0.6.0 expires a dead member but starts no new generation: the
+/// survivors keep their old assignment. Any member joining or leaving starts
+/// one, so a short-lived extra member joins and leaves. (Kafka rebalances on
+/// the expiry alone.)
+fn nudge_group(broker: &Broker, group: &str, topics: &[&str]) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(topics).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 && Instant::now() < deadline {
+        // Messages it receives are ignored and never committed.
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+}
+
+#[test]
+fn survivors_take_over_a_killed_instances_partitions_mid_attack() {
+    let st = split("kg-split-kill", 16_000, 43);
+    let (first, second) = st.lines.split_at(st.lines.len() / 2);
+    let mut runs: Vec<Processor> = (1..=3).map(|n| Processor::instance(&st.setup, n)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(1..=3).all(|n| st.owned_internal(n)) {
+        assert!(Instant::now() < deadline, "the group formed\n{}", st.setup.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.produce(first);
+    // Mid-attack: some decisions are out, instance 3 holds windows.
+    assert!(
+        decisions.read_until(Duration::from_secs(120), |seen| seen.len() >= 3),
+        "{}",
+        st.setup.logs()
+    );
+    runs.pop().expect("instance 3").sigkill();
+    // The broker notices after the 6 s session timeout.
+    std::thread::sleep(Duration::from_secs(9));
+    let internal: Vec<String> = ["ip", "device", "account", "card"]
+        .iter()
+        .map(|k| format!("{}-repartition-{k}", st.group))
+        .collect();
+    let mut topics = vec![ATTEMPTS];
+    topics.extend(internal.iter().map(String::as_str));
+    nudge_group(&st.broker, st.group, &topics);
+    st.produce(second);
+    st.finish(runs, &mut decisions, "after instance 3 was killed");
+    assert!(
+        (1..=2).any(|n| st.logged_internal(n, "state restored")),
+        "a survivor rebuilt the windows of a partition it took over\n{}",
+        st.setup.logs()
+    );
+}

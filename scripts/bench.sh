@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # kamiguard against Kafka itself on one broker (BENCHMARKS.md):
 #   scripts/bench.sh [EVENTS] [LATENCY_SECS] [LATENCY_RATE]
-# defaults 1000000, 20, and half the measured run rate.
+# defaults 1000000, 20, and half the measured run rate. Scale-out instead:
+#   scripts/bench.sh scale [INSTANCES] [EVENTS] [PARTITIONS]
+# defaults 3, 200000, 6: one instance not split, then 1..INSTANCES split.
 # Starts its own Tansu broker (memory storage) on a free loopback port, writes
 # the fixture geo databases, and runs `kamiguard bench` (release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-events="${1:-1000000}"
-latency="${2:-20}"
-rate_arg=()
-[ -n "${3:-}" ] && rate_arg=(--latency-rate "$3")
+if [ "${1:-}" = scale ]; then
+    mode=(--scale "${2:-3}" --events "${3:-200000}" --partitions "${4:-6}")
+else
+    rate_arg=()
+    [ -n "${3:-}" ] && rate_arg=(--latency-rate "$3")
+    mode=(--events "${1:-1000000}" --latency-secs "${2:-20}" "${rate_arg[@]}")
+fi
 tansu="${TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}"
 [ -x "${tansu}" ] || tansu="$(command -v tansu)" || { echo "bench: tansu is missing: run scripts/setup.sh" >&2; exit 1; }
 
@@ -26,5 +31,5 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 echo "bench: machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-target/release/kamiguard bench --brokers "127.0.0.1:${port}" --events "${events}" --latency-secs "${latency}" "${rate_arg[@]}" \
+target/release/kamiguard bench --brokers "127.0.0.1:${port}" "${mode[@]}" \
     --city target/geo/city.mmdb --asn target/geo/asn.mmdb --anonymous target/geo/anonymous.mmdb

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::{Engine, EngineConfig};
 use crate::enrich::GeoDatabases;
 use crate::event::{parse_ts_ms, CodeHasher};
+use crate::kafka::config::Repartition;
+use crate::kafka::topology::partition_for;
 use crate::kafka::{ensure_topics, run, KafkaConfig, PipelineConfig, RunError, RunStats, Settings, Topics};
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::generate::Traffic;
@@ -173,6 +175,172 @@ fn peak_rss_kib() -> u64 {
     proc_status_kib("VmHWM:")
 }
 
+/// Loads `o.events` generated attempts into the attempts topic, all
+/// acknowledged. With `by_account` (the partition count), keyed by account and
+/// placed by Kafka's partitioner function, as a redemption service keys them.
+async fn load(
+    o: &BenchOptions,
+    kafka: &KafkaConfig,
+    producer: &FutureProducer,
+    by_account: Option<i32>,
+) -> Result<Phase, BenchError> {
+    let (cpu0, t0) = (cpu_secs(), Instant::now());
+    let (acks, awaiter) = ack_awaiter();
+    let mut traffic = Traffic::new(o.seed, 1_795_305_600_000, 2000);
+    let mut batch = Vec::with_capacity(1000);
+    let topic = &kafka.topics.attempts;
+    for _ in 0..o.events {
+        let line = traffic.next_line();
+        let ack = match by_account {
+            Some(n) => {
+                let account = account_of(&line);
+                let partition = partition_for(account.as_bytes(), n);
+                crate::kafka::run::send(producer, topic, Some(partition), account, line.as_bytes(), None).await?
+            }
+            None => send(producer, topic, b"", line.as_bytes()).await?,
+        };
+        batch.push(ack);
+        if batch.len() == 1000 {
+            let _ = acks.send(std::mem::take(&mut batch)).await;
+        }
+    }
+    let _ = acks.send(batch).await;
+    drop(acks);
+    awaiter.await.map_err(|e| BenchError::Other(e.to_string()))??;
+    eprintln!("bench: loaded {} events into {topic}", o.events);
+    Ok(Phase {
+        events: o.events,
+        wall_secs: t0.elapsed().as_secs_f64(),
+        cpu_secs: cpu_secs() - cpu0,
+    })
+}
+
+/// The account id of a generated line.
+fn account_of(line: &str) -> &str {
+    const AT: &str = r#""account":{"id":""#;
+    line.find(AT)
+        .and_then(|i| {
+            let rest = &line[i + AT.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .unwrap_or_default()
+}
+
+/// One point of the scale-out bench.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScalePoint {
+    pub instances: usize,
+    /// Split by home key (internal topics) or not.
+    pub split: bool,
+    pub phase: Phase,
+    /// Copies forwarded to internal topics.
+    pub copies: u64,
+}
+
+impl ScalePoint {
+    pub fn render(&self) -> String {
+        format!(
+            "{} instance(s), {:<9} {:>9} events {:>8.2} s {:>9.0} events/s {:>7.2} CPU s/M events, {:.2} copies per event",
+            self.instances,
+            if self.split { "split" } else { "not split" },
+            self.phase.events,
+            self.phase.wall_secs,
+            self.phase.rate(),
+            self.phase.cpu_per_million(),
+            self.copies as f64 / self.phase.events.max(1) as f64
+        )
+    }
+}
+
+/// `kamiguard bench --scale N`: the same input (keyed by account over
+/// `partitions`) through one instance not split, then 1..=N instances split,
+/// each set in a consumer group of its own, all in this process (so they share
+/// this machine's cores, as instances on one machine would).
+pub async fn scale(o: &BenchOptions, max_instances: usize, partitions: i32) -> Result<Vec<ScalePoint>, BenchError> {
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let mut points = Vec::new();
+    let runs = std::iter::once((1, false)).chain((1..=max_instances).map(|k| (k, true)));
+    for (instances, split) in runs {
+        let kind = if split { "split" } else { "direct" };
+        let name = format!("scale-{}-{stamp}-{instances}{kind}", std::process::id());
+        let kafka = KafkaConfig {
+            partitions,
+            ..config(o, &name)
+        };
+        ensure_topics(&kafka).await?;
+        let producer: FutureProducer = kafka.producer_config().create()?;
+        load(o, &kafka, &producer, Some(partitions)).await?;
+        let pipeline = PipelineConfig {
+            repartition: if split { Repartition::Always } else { Repartition::Never },
+            ..PipelineConfig::default()
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut all = Vec::new();
+        for _ in 0..instances {
+            let engine = Arc::new(
+                Engine::new(o.rules.clone(), o.geo.clone(), o.engine.clone())
+                    .map_err(|e| BenchError::Other(e.to_string()))?,
+            );
+            let stats = Arc::new(RunStats::default());
+            let settings = Settings {
+                kafka: kafka.clone(),
+                pipeline: pipeline.clone(),
+                engine,
+                hasher: CodeHasher::with_key(b"bench"),
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(Health::default()),
+            };
+            all.push(stats.clone());
+            tasks.push(tokio::spawn(run(settings, stats, shutdown.clone())));
+        }
+        let sum = |f: fn(&RunStats) -> &std::sync::atomic::AtomicU64| {
+            all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>()
+        };
+        while sum(|s| &s.consumed) == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let (cpu0, t0) = (cpu_secs(), Instant::now());
+        // Done when every attempt was taken in and every copy decided on
+        // (twice in a row: a copy is counted just after its attempt).
+        let target = |decided: u64| {
+            if split {
+                decided >= sum(|s| &s.routed)
+            } else {
+                decided >= o.events
+            }
+        };
+        let done = || sum(|s| &s.consumed) >= o.events && target(sum(|s| &s.decided));
+        loop {
+            if done() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if done() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let phase = Phase {
+            events: o.events,
+            wall_secs: t0.elapsed().as_secs_f64(),
+            cpu_secs: cpu_secs() - cpu0,
+        };
+        let _ = stop.send(true);
+        for t in tasks {
+            t.await.map_err(|e| BenchError::Other(e.to_string()))??;
+        }
+        let point = ScalePoint {
+            instances,
+            split,
+            phase,
+            copies: sum(|s| &s.routed),
+        };
+        eprintln!("bench: {}", point.render());
+        points.push(point);
+    }
+    Ok(points)
+}
+
 /// Queues one message without headers (waits while the producer queue is full).
 async fn send(
     producer: &FutureProducer,
@@ -240,26 +408,7 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, BenchError> {
 
     // 1. Load.
     let producer: FutureProducer = kafka.producer_config().create()?;
-    let (cpu0, t0) = (cpu_secs(), Instant::now());
-    let (acks, awaiter) = ack_awaiter();
-    let mut traffic = Traffic::new(o.seed, 1_795_305_600_000, 2000);
-    let mut batch = Vec::with_capacity(1000);
-    for _ in 0..o.events {
-        let line = traffic.next_line();
-        batch.push(send(&producer, &kafka.topics.attempts, b"", line.as_bytes()).await?);
-        if batch.len() == 1000 {
-            let _ = acks.send(std::mem::take(&mut batch)).await;
-        }
-    }
-    let _ = acks.send(batch).await;
-    drop(acks);
-    awaiter.await.map_err(|e| BenchError::Other(e.to_string()))??;
-    report.load = Phase {
-        events: o.events,
-        wall_secs: t0.elapsed().as_secs_f64(),
-        cpu_secs: cpu_secs() - cpu0,
-    };
-    eprintln!("bench: loaded {} events into {}", o.events, kafka.topics.attempts);
+    report.load = load(&o, &kafka, &producer, None).await?;
 
     // 2. Passthrough.
     let consumer: StreamConsumer = kafka

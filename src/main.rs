@@ -111,6 +111,13 @@ enum Command {
         /// A librdkafka property for every client, KEY=VALUE (repeatable).
         #[arg(long = "set", value_parser = parse_property)]
         properties: Vec<(String, String)>,
+        /// Instead: scale-out, one instance not split, then 1..=N split across
+        /// instances (internal topics), input keyed by account.
+        #[arg(long)]
+        scale: Option<usize>,
+        /// Partitions of the attempts topic for --scale.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
         #[command(flatten)]
         common: Common,
     },
@@ -213,8 +220,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             latency_secs,
             latency_rate,
             properties,
+            scale,
+            partitions,
             common,
-        } => bench_command(brokers, events, latency_secs, latency_rate, properties, &common),
+        } => {
+            let options = bench_options(brokers, events, latency_secs, latency_rate, properties, &common)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            match scale {
+                Some(n) => {
+                    for point in runtime.block_on(kamiguard::bench::scale(&options, n.max(1), partitions))? {
+                        println!("{}", point.render());
+                    }
+                }
+                None => print!("{}", runtime.block_on(kamiguard::bench::bench(options))?.render()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             events,
             rate,
@@ -354,18 +375,18 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_command(
+fn bench_options(
     brokers: String,
     events: u64,
     latency_secs: u64,
     latency_rate: Option<f64>,
     properties: Vec<(String, String)>,
     common: &Common,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<kamiguard::bench::BenchOptions> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let rules = load(&rules_path(&config), geo.available())?;
-    let options = kamiguard::bench::BenchOptions {
+    Ok(kamiguard::bench::BenchOptions {
         brokers,
         events,
         seed: 42,
@@ -375,11 +396,7 @@ fn bench_command(
         rules,
         geo,
         engine: config.engine,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(kamiguard::bench::bench(options))?;
-    print!("{}", report.render());
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {

@@ -27,6 +27,7 @@ use rdkafka::ClientConfig;
 use serde_json::Value;
 
 const PARTITIONS: i32 = 4;
+const RAW: &str = "KAMI-RAW-";
 
 /// Everything a decision says but its id, its trigger and its samples.
 type Verdict = (String, String, String, String, String);
@@ -101,9 +102,17 @@ fn split(group: &'static str, count: u64, seed: u64) -> Split {
     );
     // 1000 attempts a second of event time: the partitions' interleaving
     // shifts an attempt by a few seconds at most, well inside the lateness.
+    // One attempt in 500 carries its raw code, which must reach no topic.
     let lines: Vec<Vec<u8>> = kamiguard::pipeline::generate::generate(count, seed, 1000)
         .lines()
-        .map(|l| l.as_bytes().to_vec())
+        .enumerate()
+        .map(|(i, l)| match (i % 500, l.find("\"code_hash\":\"")) {
+            (0, Some(at)) => {
+                let end = at + l[at + 13..].find('"').expect("hash end") + 14;
+                format!("{}\"code\":\"{RAW}{i}\"{}", &l[..at], &l[end..]).into_bytes()
+            }
+            _ => l.as_bytes().to_vec(),
+        })
         .collect();
     let expected = verdicts(replay(&setup, &lines).values());
     Split {
@@ -212,6 +221,20 @@ fn three_instances_split_by_key_decide_as_one_instance_and_replay() {
     for n in 1..=3 {
         assert!(st.owned_internal(n), "instance {n} took part\n{}", st.setup.logs());
     }
+    for home in ["ip", "device", "account", "card"] {
+        let mut copies = st
+            .broker
+            .reader(&format!("{}-repartition-{home}", st.group), PARTITIONS);
+        copies.drain(Duration::from_secs(2));
+        assert!(!copies.seen.is_empty(), "attempts were forwarded by {home}");
+        assert!(
+            !copies
+                .seen
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.payload).contains(RAW)),
+            "a raw code reached the {home} topic"
+        );
+    }
 }
 
 /// Tansu 0.6.0 expires a dead member but starts no new generation: the
@@ -254,13 +277,27 @@ fn survivors_take_over_a_killed_instances_partitions_mid_attack() {
         "{}",
         st.setup.logs()
     );
-    runs.pop().expect("instance 3").sigkill();
-    // The broker notices after the 6 s session timeout.
-    std::thread::sleep(Duration::from_secs(9));
+    // Every internal partition has committed work, so whichever the killed
+    // instance owned has windows a survivor must rebuild.
     let internal: Vec<String> = ["ip", "device", "account", "card"]
         .iter()
         .map(|k| format!("{}-repartition-{k}", st.group))
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !internal
+        .iter()
+        .all(|t| st.broker.committed(st.group, t, PARTITIONS).iter().all(|o| *o > 0))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "internal partitions committed\n{}",
+            st.setup.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    runs.pop().expect("instance 3").sigkill();
+    // The broker notices after the 10 s session timeout.
+    std::thread::sleep(Duration::from_secs(13));
     let mut topics = vec![ATTEMPTS];
     topics.extend(internal.iter().map(String::as_str));
     nudge_group(&st.broker, st.group, &topics);

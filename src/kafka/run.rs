@@ -70,6 +70,8 @@ pub struct RunStats {
     pub commits: AtomicU64,
     /// Copies of attempts forwarded to internal topics (split pipeline).
     pub routed: AtomicU64,
+    /// Attempts (or their copies) run through the engine, live.
+    pub decided: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,6 +470,7 @@ impl Outputs<'_> {
                 self.decisions.clear();
                 let started = Instant::now();
                 let verdict = self.engine.process_for(&e, home, &mut self.decisions);
+                stats.decided.fetch_add(1, Ordering::Relaxed);
                 metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
                 if verdict == Verdict::Duplicate {
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -624,10 +627,24 @@ async fn commit_loop(
         if acked.is_empty() {
             return;
         }
+        // Only partitions still assigned: a partition that moved to another
+        // instance is that instance's to commit, and an old offset of ours
+        // committed late would rewind it.
+        let assigned = consumer.assignment().ok();
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in acked.iter() {
+            if assigned
+                .as_ref()
+                .is_some_and(|a| a.find_partition(&topics[*t], *p).is_none())
+            {
+                continue;
+            }
             // Offsets were valid when read; adding one cannot fail.
             let _ = tpl.add_partition_offset(&topics[*t], *p, Offset::Offset(*o));
+        }
+        if tpl.count() == 0 {
+            acked.clear();
+            return;
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {

@@ -100,16 +100,15 @@ impl Processor {
     }
 
     /// Member `n` of a group of several, with an HTTP port of its own. Its
-    /// membership is dynamic, with a 6 s session: on Tansu, static members
-    /// of a group of several rebalance every few seconds without end, while
-    /// a dynamic member that dies is expired after its session.
+    /// membership is dynamic: on Tansu, static members of a group of several
+    /// rebalance every few seconds without end, while a dynamic member that
+    /// dies is expired after its session (10 s).
     pub fn instance(setup: &Setup, n: usize) -> Processor {
         let text = std::fs::read_to_string(&setup.config).expect("config");
         let config = setup.dir.path().join(format!("instance-{n}.toml"));
-        let dynamic = "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"30000\"";
         std::fs::write(
             &config,
-            text.replace("\"group.instance.id\" = \"kg-test-instance\"", dynamic),
+            text.replace("\"group.instance.id\" = \"kg-test-instance\"", ""),
         )
         .expect("instance config");
         let listen = format!("127.0.0.1:{}", super::broker::free_port());

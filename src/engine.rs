@@ -325,8 +325,9 @@ impl Engine {
         let loaded = self.loaded();
         self.maybe_sweep(&loaded);
         let rules = &*loaded.rules;
+        let needs = rules.geo_needs_at(home);
         let geo = match e.ip {
-            Some(ip) if rules.geo_needs.any() => self.geo.lookup(ip, rules.geo_needs),
+            Some(ip) if needs.any() => self.geo.lookup(ip, needs),
             _ => Default::default(),
         };
         let keys = self.keys(e, geo.asn);

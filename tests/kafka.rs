@@ -51,6 +51,11 @@ fn run_gives_replays_decisions_and_dead_letters_bad_messages() {
     dead.read_until(Duration::from_secs(30), |seen| seen.len() >= bad.len());
 
     assert_eq!(run.sigterm().code(), Some(0), "a clean SIGTERM exits 0");
+    let log = std::fs::read_to_string(setup.dir.path().join("run.log")).expect("run log");
+    assert!(
+        log.contains("one attempts partition: not split"),
+        "one partition: no internal topics, no extra hop"
+    );
     assert!(
         all,
         "only {} of {} decisions arrived",

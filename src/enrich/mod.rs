@@ -26,6 +26,14 @@ impl GeoNeeds {
     pub fn any(&self) -> bool {
         self.city || self.asn || self.anonymous
     }
+
+    pub fn union(self, other: GeoNeeds) -> GeoNeeds {
+        GeoNeeds {
+            city: self.city || other.city,
+            asn: self.asn || other.asn,
+            anonymous: self.anonymous || other.anonymous,
+        }
+    }
 }
 
 /// Paths to the databases, each optional.

@@ -376,13 +376,7 @@ pub(crate) fn compile_rule(
     } else {
         rule.scope
     });
-    let f = rule.filter.geo_needs();
-    let k = rule.key_needs();
-    rule.geo_needs = GeoNeeds {
-        city: f.city || k.city,
-        asn: f.asn || k.asn,
-        anonymous: f.anonymous || k.anonymous,
-    };
+    rule.geo_needs = rule.filter.geo_needs().union(rule.key_needs());
     for (needed, have, name, key) in [
         (rule.geo_needs.city, available.city, "City", "geo.city"),
         (rule.geo_needs.asn, available.asn, "ASN", "geo.asn"),

@@ -124,6 +124,8 @@ pub struct RuleSet {
     pub needs_card_memory: bool,
     /// Longest window or period of any rule, ms.
     pub longest_window_ms: i64,
+    /// Databases the rules of each home key need (see [`RuleSet::homes`]).
+    pub home_geo_needs: Vec<(KeyName, GeoNeeds)>,
 }
 
 impl RuleSet {
@@ -134,16 +136,22 @@ impl RuleSet {
         for r in &rules {
             hasher.update(r.id.as_bytes());
             hasher.update(r.version.as_bytes());
-            needs.city |= r.geo_needs.city;
-            needs.asn |= r.geo_needs.asn;
-            needs.anonymous |= r.geo_needs.anonymous;
+            needs = needs.union(r.geo_needs);
             longest = longest.max(match r.kind {
                 super::CompiledKind::Threshold { window_ms, .. } => window_ms,
                 super::CompiledKind::Quota { period_secs, .. } => period_secs as i64 * 1000,
                 super::CompiledKind::Match => 0,
             });
         }
+        let home_geo_needs = KeyName::ALL
+            .into_iter()
+            .map(|home| {
+                let at_home = rules.iter().filter(|r| r.home == home);
+                (home, at_home.fold(GeoNeeds::default(), |n, r| n.union(r.geo_needs)))
+            })
+            .collect();
         RuleSet {
+            home_geo_needs,
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),
             needs_card_memory: rules.iter().any(|r| r.filter.needs_card_memory()),
             version: hex::encode(&hasher.finalize()[..6]),
@@ -156,6 +164,18 @@ impl RuleSet {
 }
 
 impl RuleSet {
+    /// Databases the rules at `home` need (all rules' for `None`).
+    pub fn geo_needs_at(&self, home: Option<KeyName>) -> GeoNeeds {
+        match home {
+            None => self.geo_needs,
+            Some(h) => self
+                .home_geo_needs
+                .iter()
+                .find(|(k, _)| *k == h)
+                .map_or(GeoNeeds::default(), |(_, n)| *n),
+        }
+    }
+
     /// The home keys of the rules, each once, in [`KeyName::ALL`] order.
     pub fn homes(&self) -> Vec<KeyName> {
         KeyName::ALL

@@ -455,17 +455,21 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
         Ok(set) => {
             for r in &set.rules {
                 println!(
-                    "{:<32} {:<10} {:<9} {}",
+                    "{:<32} {:<10} {:<9} {}  per {}",
                     r.id,
                     r.action.as_str(),
                     r.mode.as_str(),
-                    r.version
+                    r.version,
+                    r.home.as_str()
                 );
             }
             for id in &set.disabled {
                 println!("{id:<32} (disabled)");
             }
             println!("{} rules ok, rule set version {}", set.rules.len(), set.version);
+            for caveat in set.split_caveats() {
+                println!("note: split across instances, {caveat}");
+            }
             if !common.geo_given() {
                 println!(
                     "note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them"

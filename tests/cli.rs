@@ -96,7 +96,38 @@ fn shipped_rules_pass_check_rules() {
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("13 rules ok"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("13 rules ok"));
+    assert!(text.contains("per ip") && text.contains("per card"), "{text}");
+    assert!(!text.contains("note: split"), "the shipped pack splits cleanly: {text}");
+}
+
+#[test]
+fn check_rules_warns_about_a_rule_that_splits_its_decision_book() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("split.toml");
+    std::fs::write(
+        &file,
+        r#"[[rule]]
+id = "device-freezes-account"
+kind = "threshold"
+group_by = "device"
+aggregate = "count"
+window_secs = 600
+threshold = 5
+scope = "account"
+action = "freeze"
+score = 50
+"#,
+    )
+    .expect("write");
+    let out = kamiguard().arg("check-rules").arg(&file).output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("note: split across instances, rule `device-freezes-account` keeps its state per device but decides on account"),
+        "{text}"
+    );
 }
 
 fn replay(events: &Path, geo: &[String], extra_env: Option<(&str, &str)>) -> (String, String) {

@@ -150,3 +150,21 @@ fn rules_split_by_home_key_decide_exactly_as_one_engine() {
     );
     assert_eq!(json(&one), json(&split));
 }
+
+/// A split pipeline routes only to the home keys it started with: a reload
+/// that needs another is refused, saying why, and the running rules stay.
+#[test]
+fn a_split_engine_refuses_rules_at_a_home_key_it_is_not_fed() {
+    let engine = engine(1_000);
+    engine.restrict_homes(Some(vec![kamiguard::rules::KeyName::Ip]));
+    let by_device = RULE
+        .replace("ip-guessing", "device-guessing")
+        .replace("\"ip\"", "\"device\"");
+    let rules = Arc::new(compile_sources(&[("t.toml".into(), by_device)], Default::default()).expect("rule"));
+    let err = engine.replace_rules(rules).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "rule `device-guessing` runs per device, but this pipeline was started without routing by device; restart it to add the device topic"
+    );
+    assert_eq!(&*engine.rules().rules[0].id, "ip-guessing");
+}

@@ -5,7 +5,8 @@
 //! The input is keyed by account, as the redemption service keys it, so an
 //! attacker rotating accounts (a device farm, an address shared by many
 //! accounts) lands on every partition: without the split each instance would
-//! see a quarter of it. (An account's attempts stay in order on one partition,
+//! see a quarter of it; a control run with the split off misses a device farm
+//! spread thin over the partitions. (An account's attempts stay in order on one partition,
 //! which the rules reading account memory need: see README, "Several
 //! instances".)
 //!
@@ -47,6 +48,32 @@ fn published(seen: &[Record]) -> BTreeSet<Verdict> {
         .map(|r| serde_json::from_slice(&r.payload).expect("decision json"))
         .collect();
     verdicts(values.iter())
+}
+
+/// A device farm spread thin: eight fresh accounts on one device, two on each
+/// partition. The device-farm rule's threshold is five accounts, so only an
+/// instance that sees every partition's attempts for the device catches it.
+/// Stamped with the time of `neighbour`.
+fn spread_farm(neighbour: &[u8]) -> Vec<Vec<u8>> {
+    let v: Value = serde_json::from_slice(neighbour).expect("json");
+    let ts = v["ts"].as_str().expect("ts");
+    let mut per_partition = [0; PARTITIONS as usize];
+    let accounts = (0..).map(|i| format!("u-spread-{i}")).filter(|a| {
+        let p = partition_for(a.as_bytes(), PARTITIONS) as usize;
+        per_partition[p] += 1;
+        per_partition[p] <= 2
+    });
+    accounts
+        .take(2 * PARTITIONS as usize)
+        .enumerate()
+        .map(|(i, account)| {
+            format!(
+                r#"{{"event_id":"spread-{i}","ts":"{ts}","kind":"redemption","outcome":"success","card":{{"code_hash":"5b5b{i:012x}","face_value":2000}},"account":{{"id":"{account}","created_at":"2026-11-21T00:00:00Z","verified":false,"country":"CN"}},"device":{{"fingerprint":"fp-spread-farm","platform":"android"}},"ip":"175.16.199.{}","channel":"app"}}"#,
+                10 + i
+            )
+            .into_bytes()
+        })
+        .collect()
 }
 
 fn account_of(line: &[u8]) -> String {
@@ -114,6 +141,10 @@ fn split(group: &'static str, count: u64, seed: u64) -> Split {
             _ => l.as_bytes().to_vec(),
         })
         .collect();
+    let mut lines = lines;
+    let at = lines.len() / 3;
+    let farm = spread_farm(&lines[at]);
+    lines.splice(at..at, farm);
     let expected = verdicts(replay(&setup, &lines).values());
     Split {
         broker,
@@ -203,6 +234,23 @@ impl Split {
     fn owned_internal(&self, n: usize) -> bool {
         self.logged_internal(n, "new partitions")
     }
+
+    /// Starts instances 1 to 3 and waits until each has partitions, so the
+    /// input is shared from its first attempt.
+    fn start_three(&self) -> Vec<Processor> {
+        let runs: Vec<Processor> = (1..=3).map(|n| Processor::instance(&self.setup, n)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let assigned = |n: usize| {
+            let log =
+                std::fs::read_to_string(self.setup.dir.path().join(format!("instance-{n}.log"))).unwrap_or_default();
+            log.contains("new partitions")
+        };
+        while !(1..=3).all(assigned) {
+            assert!(Instant::now() < deadline, "the group formed\n{}", self.setup.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        runs
+    }
 }
 
 #[test]
@@ -214,7 +262,13 @@ fn three_instances_split_by_key_decide_as_one_instance_and_replay() {
         PARTITIONS as usize,
         "an attacker on every partition"
     );
-    let runs: Vec<Processor> = (1..=3).map(|n| Processor::instance(&st.setup, n)).collect();
+    assert!(
+        st.expected
+            .iter()
+            .any(|(rule, _, subject, ..)| rule == "device-farm" && subject == "fp-spread-farm"),
+        "replay catches the farm spread thin"
+    );
+    let runs = st.start_three();
     let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
     st.produce(&st.lines);
     st.finish(runs, &mut decisions, "three instances");
@@ -235,6 +289,38 @@ fn three_instances_split_by_key_decide_as_one_instance_and_replay() {
             "a raw code reached the {home} topic"
         );
     }
+}
+
+/// The control: the same three instances with the split switched off
+/// (`pipeline.repartition = "never"`) each count only the attempts of their own
+/// partitions, and attacks spread over accounts slip through.
+#[test]
+fn without_the_split_three_instances_miss_attacks_spread_over_partitions() {
+    let st = split("kg-unsplit", 16_000, 41);
+    let text = std::fs::read_to_string(&st.setup.config).expect("config");
+    std::fs::write(
+        &st.setup.config,
+        text.replace("[pipeline]\n", "[pipeline]\nrepartition = \"never\"\n"),
+    )
+    .expect("config");
+    let runs = st.start_three();
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.produce(&st.lines);
+    st.wait_all_committed(Duration::from_secs(120));
+    decisions.drain(Duration::from_secs(3));
+    for run in runs {
+        assert_eq!(run.sigterm().code(), Some(0));
+    }
+    let got = published(&decisions.seen);
+    let missed: Vec<_> = st
+        .expected
+        .difference(&got)
+        .filter(|(_, scope, ..)| scope == "device" || scope == "ip")
+        .collect();
+    assert!(
+        missed.iter().any(|(rule, _, subject, ..)| rule == "device-farm" && subject == "fp-spread-farm"),
+        "unsplit, the farm spread over partitions was caught anyway: the split test would prove nothing; missed {missed:?}"
+    );
 }
 
 /// Tansu 0.6.0 expires a dead member but starts no new generation: the
@@ -263,12 +349,7 @@ fn nudge_group(broker: &Broker, group: &str, topics: &[&str]) {
 fn survivors_take_over_a_killed_instances_partitions_mid_attack() {
     let st = split("kg-split-kill", 16_000, 43);
     let (first, second) = st.lines.split_at(st.lines.len() / 2);
-    let mut runs: Vec<Processor> = (1..=3).map(|n| Processor::instance(&st.setup, n)).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(1..=3).all(|n| st.owned_internal(n)) {
-        assert!(Instant::now() < deadline, "the group formed\n{}", st.setup.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut runs = st.start_three();
     let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
     st.produce(first);
     // Mid-attack: some decisions are out, instance 3 holds windows.

@@ -210,7 +210,11 @@ pub async fn run(
                 topic: kafka.topics.attempts.clone(),
             })?,
     );
-    let topology = topology::plan(&kafka, pipeline.repartition, &engine.rules().homes()).await?;
+    let lookback_ms = match pipeline.restore_lookback_secs {
+        Some(secs) => secs as i64 * 1000,
+        None => engine.rules().longest_window_ms + engine.lateness_ms(),
+    };
+    let topology = topology::plan(&kafka, pipeline.repartition, &engine.rules().homes(), lookback_ms).await?;
     if topology.is_split() {
         engine.restrict_homes(Some(topology.homes()));
         for caveat in engine.rules().split_caveats() {
@@ -231,10 +235,6 @@ pub async fn run(
         metrics.clone(),
     ));
 
-    let lookback_ms = match pipeline.restore_lookback_secs {
-        Some(secs) => secs as i64 * 1000,
-        None => engine.rules().longest_window_ms + engine.lateness_ms(),
-    };
     let mut owned: BTreeSet<Slot> = BTreeSet::new();
     // Next offset this process has processed, by partition: a partition that
     // comes back after a rebalance is restored only from there.

@@ -166,10 +166,16 @@ pub fn murmur2(data: &[u8]) -> i32 {
 }
 
 /// Decides whether to split and prepares the internal topics: each missing
-/// one is created with as many partitions as the attempts topic; an existing
-/// one is used with the partitions it has (every instance reads the same
-/// count, so a key still has one owner).
-pub async fn plan(kafka: &KafkaConfig, mode: Repartition, homes: &[KeyName]) -> Result<Topology, RunError> {
+/// one is created with as many partitions as the attempts topic and a
+/// retention of twice the restore lookback (at least a day); an existing one
+/// is used as it is (every instance reads the same partition count, so a key
+/// still has one owner).
+pub async fn plan(
+    kafka: &KafkaConfig,
+    mode: Repartition,
+    homes: &[KeyName],
+    lookback_ms: i64,
+) -> Result<Topology, RunError> {
     let attempts = kafka.topics.attempts.as_str();
     if mode == Repartition::Never {
         return Ok(Topology::direct(attempts));
@@ -191,9 +197,14 @@ pub async fn plan(kafka: &KafkaConfig, mode: Repartition, homes: &[KeyName]) -> 
         return Err(RunError::InternalTopicName(kafka.group_id.clone(), bad));
     }
     let names: Vec<String> = homes.iter().map(|h| internal_topic(&kafka.group_id, *h)).collect();
+    let retention_ms = internal_retention_ms(lookback_ms).to_string();
     let missing: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, input_partitions, TopicReplication::Fixed(kafka.replication_factor)))
+        .map(|n| {
+            NewTopic::new(n, input_partitions, TopicReplication::Fixed(kafka.replication_factor))
+                .set("cleanup.policy", "delete")
+                .set("retention.ms", &retention_ms)
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&missing, &opts).await? {
@@ -230,6 +241,12 @@ pub async fn plan(kafka: &KafkaConfig, mode: Repartition, homes: &[KeyName]) -> 
         "split across instances: attempts are forwarded to one internal topic per home key"
     );
     Ok(Topology::split(attempts, routes))
+}
+
+/// Retention of a new internal topic: a restore reads back one lookback, so
+/// keep two (a reload may lengthen a window a little), and at least a day.
+pub fn internal_retention_ms(lookback_ms: i64) -> i64 {
+    lookback_ms.saturating_mul(2).max(86_400_000)
 }
 
 /// Partitions of `topic`, or `None` when the broker does not know it.
@@ -272,6 +289,12 @@ mod tests {
             seen[p as usize] += 1;
         }
         assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
+    }
+
+    #[test]
+    fn internal_topics_keep_two_lookbacks_and_at_least_a_day() {
+        assert_eq!(internal_retention_ms(60_000), 86_400_000);
+        assert_eq!(internal_retention_ms(86_430_000), 172_860_000);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!   cargo run --release --example key_flood -- [KEYS] [CAP]
 //!
 //! Defaults: 10,000,000 keys against the default cap (`engine.max_keys`,
-//! 4,000,000). Reports resident memory growth per tracked key (state, map
+//! 3,600,000). Reports resident memory growth per tracked key (state, map
 //! overhead and the dedup memory of the event ids, all included) and the cap
 //! hits. Uses mimalloc, as the binary does.
 

@@ -311,6 +311,15 @@ fn without_the_split_three_instances_miss_attacks_spread_over_partitions() {
     for run in runs {
         assert_eq!(run.sigterm().code(), Some(0));
     }
+    assert!(
+        (1..=3).any(|n| {
+            std::fs::read_to_string(st.setup.dir.path().join(format!("instance-{n}.log")))
+                .unwrap_or_default()
+                .contains("another instance shares the attempts topic, but this pipeline is not split")
+        }),
+        "the instances say they are sharing without the split\n{}",
+        st.setup.logs()
+    );
     let got = published(&decisions.seen);
     let missed: Vec<_> = st
         .expected

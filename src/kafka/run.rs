@@ -705,6 +705,27 @@ async fn commit_loop(
     Ok(())
 }
 
+/// Not split, yet sharing the attempts topic with other instances: each sees
+/// part of every key, and attacks spread over partitions go unseen. Says so.
+fn warn_if_shared(consumer: &StreamConsumer<RunContext>, topic: &str, owned: &BTreeSet<Slot>) {
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return;
+    };
+    let total = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    let mine = owned.iter().filter(|(t, _)| *t == 0).count();
+    if mine > 0 && mine < total {
+        warn!(
+            owned = mine,
+            partitions = total,
+            "another instance shares the attempts topic, but this pipeline is not split (pipeline.repartition = \"never\"): each instance counts only its own partitions' attempts, and attacks spread over partitions go unseen; use \"auto\""
+        );
+    }
+}
+
 /// Brings `owned` up to the consumer's assignment and restores the state of
 /// partitions that are new to this process: those of the attempts topic when
 /// not split, of the internal topics when split (routing keeps no state).
@@ -729,6 +750,9 @@ fn reconcile(
         .collect();
     let new: Vec<Slot> = now.difference(owned).copied().collect();
     *owned = now;
+    if !new.is_empty() && topology.consumed[0].role == Role::Direct {
+        warn_if_shared(consumer, &topology.consumed[0].topic, owned);
+    }
     let mut tpl = TopicPartitionList::new();
     for (t, p) in &new {
         if topology.consumed[*t].role != Role::Route {

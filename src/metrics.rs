@@ -126,8 +126,8 @@ impl Metrics {
             engine_seconds: histogram("engine_seconds", "Engine time per event.", &ENGINE_BUCKETS),
             consumer_lag: gauge(
                 "consumer_lag",
-                "Messages behind the high watermark, by attempts partition.",
-                &["partition"],
+                "Messages behind the high watermark, by consumed topic (attempts, internal topics when split) and partition.",
+                &["topic", "partition"],
             ),
             state_keys: gauge("state_keys", "Live state keys (windows, quotas, memory).", &[])
                 .with_label_values(&[] as &[&str]),

@@ -103,22 +103,21 @@ pub enum RunError {
 pub struct RunContext {
     assignment_changed: AtomicBool,
     metrics: Arc<Metrics>,
-    topic: String,
 }
 
 impl ClientContext for RunContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag
-    /// per partition of the attempts topic.
+    /// per partition of each consumed topic (the attempts topic, and the
+    /// internal topics when split).
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        for (partition, p) in &topic.partitions {
-            if *partition >= 0 && p.consumer_lag >= 0 {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&partition.to_string()])
-                    .set(p.consumer_lag);
+        for (name, topic) in &statistics.topics {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[name, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
             }
         }
     }
@@ -207,7 +206,6 @@ pub async fn run(
             .create_with_context(RunContext {
                 assignment_changed: AtomicBool::new(false),
                 metrics: metrics.clone(),
-                topic: kafka.topics.attempts.clone(),
             })?,
     );
     let lookback_ms = match pipeline.restore_lookback_secs {

@@ -177,7 +177,8 @@ pub async fn plan(
     lookback_ms: i64,
 ) -> Result<Topology, RunError> {
     let attempts = kafka.topics.attempts.as_str();
-    if mode == Repartition::Never {
+    if mode == Repartition::Never || homes.is_empty() {
+        // With no rule enabled there is no home key to route to.
         return Ok(Topology::direct(attempts));
     }
     let admin: AdminClient<DefaultClientContext> = kafka.admin_config().create()?;

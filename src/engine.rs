@@ -119,13 +119,44 @@ impl<A> WindowKey<A> {
     }
 }
 
+/// A distinct-count key seen once: its one value, when, and the attempt.
+/// 32 bytes where a full window takes 56.
+#[derive(Debug)]
+struct Single {
+    value: u64,
+    ts_ms: i64,
+    sample: Arc<str>,
+}
+
+impl LastSeen for Single {
+    fn last_seen_ms(&self) -> i64 {
+        self.ts_ms
+    }
+}
+
+impl Single {
+    /// The window the key would have had after its one attempt.
+    fn into_window(self, window_ms: i64, cap: usize) -> WindowKey<DistinctWindow> {
+        let mut w = WindowKey::<DistinctWindow>::default();
+        w.last_ms = w.last_ms.max(self.ts_ms);
+        w.agg.add(self.value, self.ts_ms, window_ms, cap);
+        w.samples.push(self.sample);
+        w
+    }
+}
+
 enum RuleState {
     /// Count thresholds.
     Counts(KeyedStore<WindowKey<SlidingCount>>),
     /// Sum-of-face-value thresholds.
     Sums(KeyedStore<WindowKey<SlidingSum>>),
-    /// Distinct-count thresholds.
-    Distincts(KeyedStore<WindowKey<DistinctWindow>>),
+    /// Distinct-count thresholds: full windows, and keys seen once (most
+    /// keys of a rule grouped by card: every guess is a new code) in a
+    /// compact store until a second attempt moves them over.
+    Distincts {
+        windows: KeyedStore<WindowKey<DistinctWindow>>,
+        singles: KeyedStore<Single>,
+    },
     Quota(KeyedQuota),
     Stateless,
 }
@@ -530,12 +561,29 @@ impl Engine {
                             w.observe(e, *threshold, |s| s.add(bucket, amount))
                         })?
                     }
-                    (CompiledAggregate::Distinct(of), RuleState::Distincts(store)) => {
+                    (CompiledAggregate::Distinct(of), RuleState::Distincts { windows, singles }) => {
                         let value = keys.get(*of)?;
                         let cap = (*threshold).min(10_000) as usize;
-                        store.with(key, Default::default, |w| {
+                        let observe = |w: &mut WindowKey<DistinctWindow>| {
                             w.observe(e, *threshold, |d| d.add(value, e.ts_ms, *window_ms, cap))
-                        })?
+                        };
+                        match windows.update(key, observe) {
+                            Some(seen) => seen,
+                            // One attempt reaches the threshold: no waiting room.
+                            None if *threshold <= 1 => windows.with(key, Default::default, observe)?,
+                            None => match singles.move_to(key, windows, |s| s.into_window(*window_ms, cap), observe) {
+                                Some(seen) => seen,
+                                None => {
+                                    let first = || Single {
+                                        value,
+                                        ts_ms: e.ts_ms,
+                                        sample: e.event_id.clone(),
+                                    };
+                                    singles.with(key, first, |_| ())?;
+                                    return None;
+                                }
+                            },
+                        }
                     }
                     _ => return None,
                 };
@@ -738,8 +786,8 @@ impl Engine {
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
                 }
-                (RuleState::Distincts(store), CompiledKind::Threshold { window_ms, .. }) => {
-                    store.evict_idle(now - window_ms - lateness)
+                (RuleState::Distincts { windows, singles }, CompiledKind::Threshold { window_ms, .. }) => {
+                    windows.evict_idle(now - window_ms - lateness) + singles.evict_idle(now - window_ms - lateness)
                 }
                 (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
                 _ => 0,
@@ -793,7 +841,10 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Distinct(_),
             ..
-        } => RuleState::Distincts(KeyedStore::new(budget.clone())),
+        } => RuleState::Distincts {
+            windows: KeyedStore::new(budget.clone()),
+            singles: KeyedStore::new(budget.clone()),
+        },
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Count,
             ..

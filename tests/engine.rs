@@ -168,3 +168,48 @@ fn a_split_engine_refuses_rules_at_a_home_key_it_is_not_fed() {
     );
     assert_eq!(&*engine.rules().rules[0].id, "ip-guessing");
 }
+
+/// Keys of a distinct rule seen once wait in a compact store; the second
+/// attempt moves them to a full window without losing the first one, and an
+/// idle one is swept like any window.
+#[test]
+fn a_key_seen_once_keeps_its_first_attempt_for_the_decision() {
+    const SHARED: &str = r#"[[rule]]
+id = "shared-code"
+kind = "threshold"
+group_by = "card"
+aggregate = "distinct"
+distinct_of = "account"
+window_secs = 600
+threshold = 2
+action = "freeze"
+score = 80
+"#;
+    let rules = Arc::new(compile_sources(&[("t.toml".into(), SHARED.into())], Default::default()).expect("rule"));
+    let engine = Engine::new(rules, Arc::new(GeoDatabases::default()), EngineConfig::default()).expect("engine");
+    let attempt = |id: &str, minute: u32, code: &str, account: &str| {
+        let line = format!(
+            r#"{{"event_id":"{id}","ts":"2026-11-22T{:02}:{:02}:00Z","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"{code}"}},"account":{{"id":"{account}"}}}}"#,
+            10 + minute / 60,
+            minute % 60
+        );
+        parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid")
+    };
+    let mut out = Vec::new();
+    engine.process(&attempt("s-1", 0, "c0ffee00", "u-a"), &mut out);
+    engine.process(&attempt("s-2", 1, "c0ffee00", "u-a"), &mut out);
+    assert!(out.is_empty(), "one account on the code: {out:?}");
+    engine.process(&attempt("s-3", 2, "c0ffee00", "u-b"), &mut out);
+    assert_eq!(out.len(), 1, "a second account on the code");
+    assert_eq!(out[0].evidence["value"], 2);
+    assert_eq!(out[0].sample_event_ids, ["s-1", "s-2"]);
+
+    engine.process(&attempt("s-4", 3, "beef0001", "u-c"), &mut out);
+    let before = engine.stats().state.live_keys;
+    // an hour later both codes are idle past window and lateness
+    engine.process(&attempt("s-5", 63, "beef0002", "u-d"), &mut out);
+    engine.process(&attempt("s-6", 65, "beef0003", "u-d"), &mut out);
+    let after = engine.stats().state;
+    assert!(after.evicted >= 2, "the window and the single are swept: {after:?}");
+    assert!(after.live_keys < before + 2, "{before} -> {after:?}");
+}

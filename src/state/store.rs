@@ -125,6 +125,26 @@ impl<V: LastSeen> KeyedStore<V> {
         }
     }
 
+    /// Runs `f` on the state for `key` if it is there; creates nothing.
+    pub fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.map.get_mut(&key).map(|mut v| f(&mut v))
+    }
+
+    /// Moves `key`'s state, if any, into `other` (which shares this store's
+    /// budget: the key keeps its place in it) as `convert` makes it, and runs
+    /// `f` on it there.
+    pub fn move_to<W: LastSeen, R>(
+        &self,
+        key: u64,
+        other: &KeyedStore<W>,
+        convert: impl FnOnce(V) -> W,
+        f: impl FnOnce(&mut W) -> R,
+    ) -> Option<R> {
+        let (_, v) = self.map.remove(&key)?;
+        let mut moved = other.map.entry(key).or_insert(convert(v));
+        Some(f(&mut moved))
+    }
+
     /// Reads the state for `key`, if any.
     pub fn read<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
         self.map.get(&key).map(|v| f(&v))

@@ -387,11 +387,15 @@ impl Engine {
         Verdict::Processed
     }
 
-    /// The attempt's value of each of `homes` (the subject strings decisions
-    /// use), for routing it to the instance that owns each. A key the attempt
-    /// lacks (no device, no address, an address outside the ASN database) is
-    /// left out: no rule at that home could count the attempt.
-    pub fn home_keys(&self, e: &Event, homes: &[KeyName]) -> SmallVec<[(KeyName, String); 4]> {
+    /// The home keys among `homes` that want this attempt, each with the
+    /// attempt's value of it (the subject string decisions use), for routing
+    /// it to the instance that owns that value. A home key is left out when
+    /// the attempt lacks it (no device, no address, an address outside the
+    /// ASN database), or when no rule there could pass it and the memory kept
+    /// there does not learn from it: it would change nothing at that home.
+    pub fn route_keys(&self, e: &Event, homes: &[KeyName]) -> SmallVec<[(KeyName, String); 4]> {
+        let rules = self.rules();
+        let homes: SmallVec<[KeyName; 6]> = homes.iter().copied().filter(|h| wants(&rules, e, *h)).collect();
         let geo = match e.ip {
             Some(ip) if homes.contains(&KeyName::Asn) => self.geo.lookup(
                 ip,
@@ -814,6 +818,17 @@ impl Engine {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+}
+
+/// Whether anything at `home` could change for `e`: a rule there that the
+/// attempt's own fields could pass (facts are not known before the home
+/// looks them up), or the memory kept there (account memory learns from
+/// successes, card memory from successful activations).
+fn wants(rules: &RuleSet, e: &Event, home: KeyName) -> bool {
+    let success = e.outcome == Outcome::Success;
+    (home == KeyName::Account && rules.needs_account_memory && success)
+        || (home == KeyName::Card && rules.needs_card_memory && success && e.kind == Kind::Activation)
+        || rules.rules.iter().any(|r| r.home == home && r.filter.may_match(e))
 }
 
 /// A rule set may only need databases that are open.

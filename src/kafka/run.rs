@@ -541,7 +541,7 @@ impl Outputs<'_> {
     async fn route(&mut self, e: &event::Event, payload: &[u8], batch: &mut Batch) -> Result<(), RunError> {
         let clean = redact(payload, self.hasher).map(|(p, _)| p);
         let body = clean.as_deref().unwrap_or(payload);
-        for (home, value) in self.engine.home_keys(e, &self.homes) {
+        for (home, value) in self.engine.route_keys(e, &self.homes) {
             let Some(route) = self.topology.routes.iter().find(|r| r.home == home) else {
                 continue;
             };

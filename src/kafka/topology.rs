@@ -10,7 +10,8 @@
 //!
 //! 1. **Route.** An attempt from the attempts topic is validated (bad ones go
 //!    to the dead-letter topic, as always) and forwarded once per *home key*
-//!    the loaded rules use to the internal topic
+//!    that wants it ([`Engine::route_keys`]: a rule there could pass it, or
+//!    the memory there learns from it) to the internal topic
 //!    `<group_id>-repartition-<key>`, keyed by that key's value (the subject
 //!    string: address, fingerprint, account id, code hash...) and placed with
 //!    Kafka's own partitioner function (murmur2), so every attempt of one key
@@ -37,6 +38,7 @@
 //!   Routing itself keeps no state: attempts partitions need no restore.
 //!
 //! [`Engine::process_for`]: crate::engine::Engine::process_for
+//! [`Engine::route_keys`]: crate::engine::Engine::route_keys
 
 use std::time::Duration;
 

@@ -71,18 +71,7 @@ fn equals<T: PartialEq>(want: Option<T>, v: Option<T>) -> bool {
 impl Filter {
     /// Whether `event` (with `facts`) passes every condition.
     pub fn matches(&self, e: &Event, f: &Facts) -> bool {
-        let passes = in_mask(self.kinds, Kind::ALL, Some(e.kind))
-            && in_mask(self.outcomes, Outcome::ALL, Some(e.outcome))
-            && equals(self.failed, Some(e.outcome.is_failure()))
-            && (self.brands.is_empty() || e.card.brand.as_ref().is_some_and(|b| self.brands.contains(b)))
-            && in_mask(self.card_types, CardType::ALL, e.card.card_type)
-            && at_least(self.min_face_value_fen, e.card.face_value_fen)
-            && at_most(self.max_face_value_fen, e.card.face_value_fen)
-            && in_mask(self.channels, Channel::ALL, e.channel)
-            && in_mask(self.platforms, Platform::ALL, e.device.platform)
-            && at_least(self.min_account_age_ms, f.account_age_ms)
-            && at_most(self.max_account_age_ms, f.account_age_ms)
-            && equals(self.verified, e.account.verified)
+        let passes = self.fields_pass(e, f.account_age_ms)
             && (self.ip_countries.is_empty() || f.geo.country.is_some_and(|c| self.ip_countries.contains(&c)))
             && (self.asns.is_empty() || f.geo.asn.is_some_and(|a| self.asns.contains(&a)))
             && (self.network == 0 || f.geo.network.0 & self.network != 0)
@@ -92,6 +81,30 @@ impl Filter {
             && at_least(self.min_distance_km, f.distance_km)
             && at_least(self.min_speed_kmh, f.speed_kmh);
         passes && !self.exclude.as_ref().is_some_and(|x| x.matches(e, f))
+    }
+
+    /// Whether the attempt could pass, judged on its own fields alone:
+    /// conditions on geo facts or memory count as passing and exclusions are
+    /// not applied. `false` means no facts could make it pass.
+    pub fn may_match(&self, e: &Event) -> bool {
+        self.fields_pass(e, e.account.created_at_ms.map(|c| e.ts_ms - c))
+    }
+
+    /// The conditions on the attempt's own fields (`account_age_ms` is
+    /// derived from them).
+    fn fields_pass(&self, e: &Event, account_age_ms: Option<i64>) -> bool {
+        in_mask(self.kinds, Kind::ALL, Some(e.kind))
+            && in_mask(self.outcomes, Outcome::ALL, Some(e.outcome))
+            && equals(self.failed, Some(e.outcome.is_failure()))
+            && (self.brands.is_empty() || e.card.brand.as_ref().is_some_and(|b| self.brands.contains(b)))
+            && in_mask(self.card_types, CardType::ALL, e.card.card_type)
+            && at_least(self.min_face_value_fen, e.card.face_value_fen)
+            && at_most(self.max_face_value_fen, e.card.face_value_fen)
+            && in_mask(self.channels, Channel::ALL, e.channel)
+            && in_mask(self.platforms, Platform::ALL, e.device.platform)
+            && at_least(self.min_account_age_ms, account_age_ms)
+            && at_most(self.max_account_age_ms, account_age_ms)
+            && equals(self.verified, e.account.verified)
     }
 
     /// Which databases the conditions need.

@@ -235,19 +235,22 @@ pub struct ScalePoint {
     pub phase: Phase,
     /// Copies forwarded to internal topics.
     pub copies: u64,
+    /// Decisions published: the same input gives the same count in every row.
+    pub decisions: u64,
 }
 
 impl ScalePoint {
     pub fn render(&self) -> String {
         format!(
-            "{} instance(s), {:<9} {:>9} events {:>8.2} s {:>9.0} events/s {:>7.2} CPU s/M events, {:.2} copies per event",
+            "{} instance(s), {:<9} {:>9} events {:>8.2} s {:>9.0} events/s {:>7.2} CPU s/M events, {:.2} copies per event, {} decisions",
             self.instances,
             if self.split { "split" } else { "not split" },
             self.phase.events,
             self.phase.wall_secs,
             self.phase.rate(),
             self.phase.cpu_per_million(),
-            self.copies as f64 / self.phase.events.max(1) as f64
+            self.copies as f64 / self.phase.events.max(1) as f64,
+            self.decisions
         )
     }
 }
@@ -255,7 +258,9 @@ impl ScalePoint {
 /// `kamiguard bench --scale N`: the same input (keyed by account over
 /// `partitions`) through one instance not split, then 1..=N instances split,
 /// each set in a consumer group of its own, all in this process (so they share
-/// this machine's cores, as instances on one machine would).
+/// this machine's cores, as instances on one machine would). The input is
+/// loaded once every instance has partitions, and timing starts at the first
+/// attempt taken in, so it overlaps the load (which is several times faster).
 pub async fn scale(o: &BenchOptions, max_instances: usize, partitions: i32) -> Result<Vec<ScalePoint>, BenchError> {
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut points = Vec::new();
@@ -268,8 +273,6 @@ pub async fn scale(o: &BenchOptions, max_instances: usize, partitions: i32) -> R
             ..config(o, &name)
         };
         ensure_topics(&kafka).await?;
-        let producer: FutureProducer = kafka.producer_config().create()?;
-        load(o, &kafka, &producer, Some(partitions)).await?;
         let pipeline = PipelineConfig {
             repartition: if split { Repartition::Always } else { Repartition::Never },
             ..PipelineConfig::default()
@@ -277,30 +280,45 @@ pub async fn scale(o: &BenchOptions, max_instances: usize, partitions: i32) -> R
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut all = Vec::new();
+        let mut healths = Vec::new();
         for _ in 0..instances {
             let engine = Arc::new(
                 Engine::new(o.rules.clone(), o.geo.clone(), o.engine.clone())
                     .map_err(|e| BenchError::Other(e.to_string()))?,
             );
             let stats = Arc::new(RunStats::default());
+            let health = Arc::new(Health::default());
             let settings = Settings {
                 kafka: kafka.clone(),
                 pipeline: pipeline.clone(),
                 engine,
                 hasher: CodeHasher::with_key(b"bench"),
                 metrics: Arc::new(Metrics::new()),
-                health: Arc::new(Health::default()),
+                health: health.clone(),
             };
+            healths.push(health);
             all.push(stats.clone());
             tasks.push(tokio::spawn(run(settings, stats, shutdown.clone())));
         }
+        // The group forms before the input arrives: joins and the first
+        // rebalances are not timed.
+        while !healths.iter().all(|h| h.assigned.load(Ordering::SeqCst)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let producer: FutureProducer = kafka.producer_config().create()?;
         let sum = |f: fn(&RunStats) -> &std::sync::atomic::AtomicU64| {
             all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>()
         };
-        while sum(|s| &s.consumed) == 0 {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        let (cpu0, t0) = (cpu_secs(), Instant::now());
+        // Timing starts at the first attempt taken in, while the load goes on.
+        let first_taken = async {
+            while sum(|s| &s.consumed) == 0 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            (cpu_secs(), Instant::now())
+        };
+        let (loaded, (cpu0, t0)) = tokio::join!(load(o, &kafka, &producer, Some(partitions)), first_taken);
+        loaded?;
         // Done when every attempt was taken in and every copy decided on
         // (twice in a row: a copy is counted just after its attempt).
         let target = |decided: u64| {
@@ -334,6 +352,7 @@ pub async fn scale(o: &BenchOptions, max_instances: usize, partitions: i32) -> R
             split,
             phase,
             copies: sum(|s| &s.routed),
+            decisions: sum(|s| &s.decisions),
         };
         eprintln!("bench: {}", point.render());
         points.push(point);

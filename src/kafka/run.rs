@@ -148,6 +148,22 @@ struct Batch {
     events: usize,
 }
 
+impl Batch {
+    /// Adds the acknowledgement of a message just queued, so the batch's
+    /// offsets wait for it; a message the producer refused to queue is the
+    /// error that stops the pipeline.
+    fn expect_ack(
+        &mut self,
+        what: &'static str,
+        sent: Result<DeliveryFuture, KafkaError>,
+        timing: Option<(Instant, i64)>,
+    ) -> Result<(), RunError> {
+        let ack = sent.map_err(|error| RunError::Delivery { what, error })?;
+        self.acks.push(Pending { what, ack, timing });
+        Ok(())
+    }
+}
+
 /// One published message awaiting its acknowledgement.
 struct Pending {
     what: &'static str,
@@ -478,17 +494,8 @@ impl Outputs<'_> {
                 for d in &mut self.decisions {
                     d.stamp(now);
                     let body = serde_json::to_vec(&*d).map_err(|e| RunError::Encode(e.to_string()))?;
-                    let ack = send(self.producer, &self.topics.decisions, None, &d.key(), &body, None)
-                        .await
-                        .map_err(|error| RunError::Delivery {
-                            what: "decision",
-                            error,
-                        })?;
-                    batch.acks.push(Pending {
-                        what: "decision",
-                        ack,
-                        timing: Some((ingested, e.ts_ms)),
-                    });
+                    let sent = send(self.producer, &self.topics.decisions, None, &d.key(), &body, None).await;
+                    batch.expect_ack("decision", sent, Some((ingested, e.ts_ms)))?;
                     stats.decisions.fetch_add(1, Ordering::Relaxed);
                     metrics
                         .decisions
@@ -504,7 +511,7 @@ impl Outputs<'_> {
                     offset = source.offset,
                     "dead letter"
                 );
-                let ack = send(
+                let sent = send(
                     self.producer,
                     &self.topics.dead_letters,
                     None,
@@ -512,16 +519,8 @@ impl Outputs<'_> {
                     &letter.payload,
                     Some(letter.headers),
                 )
-                .await
-                .map_err(|error| RunError::Delivery {
-                    what: "dead letter",
-                    error,
-                })?;
-                batch.acks.push(Pending {
-                    what: "dead letter",
-                    ack,
-                    timing: None,
-                });
+                .await;
+                batch.expect_ack("dead letter", sent, None)?;
                 stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 metrics.rejected.with_label_values(&[error.reason()]).inc();
             }
@@ -546,17 +545,8 @@ impl Outputs<'_> {
                 continue;
             };
             let partition = partition_for(value.as_bytes(), route.partitions);
-            let ack = send(self.producer, &route.topic, Some(partition), &value, body, None)
-                .await
-                .map_err(|error| RunError::Delivery {
-                    what: "forwarded attempt",
-                    error,
-                })?;
-            batch.acks.push(Pending {
-                what: "forwarded attempt",
-                ack,
-                timing: None,
-            });
+            let sent = send(self.producer, &route.topic, Some(partition), &value, body, None).await;
+            batch.expect_ack("forwarded attempt", sent, None)?;
             self.stats.routed.fetch_add(1, Ordering::Relaxed);
             self.metrics.routed.with_label_values(&[route.home.as_str()]).inc();
         }

@@ -120,7 +120,6 @@ impl<A> WindowKey<A> {
 }
 
 /// A distinct-count key seen once: its one value, when, and the attempt.
-/// 32 bytes where a full window takes 56.
 #[derive(Debug)]
 struct Single {
     value: u64,
@@ -128,20 +127,69 @@ struct Single {
     sample: Arc<str>,
 }
 
-impl LastSeen for Single {
+/// Per-key state of a distinct-count rule. Most keys of a rule grouped by
+/// card are seen once (every guess is a new code), so a key starts compact
+/// and gets a full window at its second attempt, boxed so that the map's
+/// slots stay the size of the compact form (32 bytes, where a window takes
+/// 56). One map and one probe per attempt, new key or not.
+#[derive(Debug)]
+enum DistinctKey {
+    Once(Single),
+    Many(Box<WindowKey<DistinctWindow>>),
+}
+
+// The claim above, checked where pointers are 64 bits.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<DistinctKey>() == 32);
+
+impl LastSeen for DistinctKey {
     fn last_seen_ms(&self) -> i64 {
-        self.ts_ms
+        match self {
+            DistinctKey::Once(s) => s.ts_ms,
+            DistinctKey::Many(w) => w.last_ms,
+        }
     }
 }
 
-impl Single {
-    /// The window the key would have had after its one attempt.
-    fn into_window(self, window_ms: i64, cap: usize) -> WindowKey<DistinctWindow> {
-        let mut w = WindowKey::<DistinctWindow>::default();
-        w.last_ms = w.last_ms.max(self.ts_ms);
-        w.agg.add(self.value, self.ts_ms, window_ms, cap);
-        w.samples.push(self.sample);
-        w
+impl DistinctKey {
+    /// The state of a key's first attempt: compact, unless one attempt
+    /// already reaches the threshold (no waiting room).
+    fn first(e: &Event, value: u64, threshold: u64) -> DistinctKey {
+        if threshold <= 1 {
+            return DistinctKey::Many(Box::default());
+        }
+        DistinctKey::Once(Single {
+            value,
+            ts_ms: e.ts_ms,
+            sample: e.event_id.clone(),
+        })
+    }
+
+    /// Adds `value` for `e` as [`WindowKey::observe`] does; `None` for a key
+    /// `fresh` from [`DistinctKey::first`] that is still below the threshold.
+    fn observe(
+        &mut self,
+        fresh: bool,
+        e: &Event,
+        value: u64,
+        (threshold, window_ms, cap): (u64, i64, usize),
+    ) -> Option<(u64, Option<Vec<String>>)> {
+        let w = match self {
+            DistinctKey::Once(_) if fresh => return None,
+            DistinctKey::Once(s) => {
+                let mut w = WindowKey::<DistinctWindow>::default();
+                w.last_ms = s.ts_ms;
+                w.agg.add(s.value, s.ts_ms, window_ms, cap);
+                w.samples.push(s.sample.clone());
+                *self = DistinctKey::Many(Box::new(w));
+                let DistinctKey::Many(w) = self else {
+                    unreachable!("just set")
+                };
+                w
+            }
+            DistinctKey::Many(w) => w,
+        };
+        Some(w.observe(e, threshold, |d| d.add(value, e.ts_ms, window_ms, cap)))
     }
 }
 
@@ -150,13 +198,8 @@ enum RuleState {
     Counts(KeyedStore<WindowKey<SlidingCount>>),
     /// Sum-of-face-value thresholds.
     Sums(KeyedStore<WindowKey<SlidingSum>>),
-    /// Distinct-count thresholds: full windows, and keys seen once (most
-    /// keys of a rule grouped by card: every guess is a new code) in a
-    /// compact store until a second attempt moves them over.
-    Distincts {
-        windows: KeyedStore<WindowKey<DistinctWindow>>,
-        singles: KeyedStore<Single>,
-    },
+    /// Distinct-count thresholds.
+    Distincts(KeyedStore<DistinctKey>),
     Quota(KeyedQuota),
     Stateless,
 }
@@ -565,29 +608,14 @@ impl Engine {
                             w.observe(e, *threshold, |s| s.add(bucket, amount))
                         })?
                     }
-                    (CompiledAggregate::Distinct(of), RuleState::Distincts { windows, singles }) => {
+                    (CompiledAggregate::Distinct(of), RuleState::Distincts(store)) => {
                         let value = keys.get(*of)?;
-                        let cap = (*threshold).min(10_000) as usize;
-                        let observe = |w: &mut WindowKey<DistinctWindow>| {
-                            w.observe(e, *threshold, |d| d.add(value, e.ts_ms, *window_ms, cap))
-                        };
-                        match windows.update(key, observe) {
-                            Some(seen) => seen,
-                            // One attempt reaches the threshold: no waiting room.
-                            None if *threshold <= 1 => windows.with(key, Default::default, observe)?,
-                            None => match singles.move_to(key, windows, |s| s.into_window(*window_ms, cap), observe) {
-                                Some(seen) => seen,
-                                None => {
-                                    let first = || Single {
-                                        value,
-                                        ts_ms: e.ts_ms,
-                                        sample: e.event_id.clone(),
-                                    };
-                                    singles.with(key, first, |_| ())?;
-                                    return None;
-                                }
-                            },
-                        }
+                        let limits = (*threshold, *window_ms, (*threshold).min(10_000) as usize);
+                        store.with_new(
+                            key,
+                            || DistinctKey::first(e, value, *threshold),
+                            |k, fresh| k.observe(fresh, e, value, limits),
+                        )??
                     }
                     _ => return None,
                 };
@@ -790,8 +818,8 @@ impl Engine {
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
                 }
-                (RuleState::Distincts { windows, singles }, CompiledKind::Threshold { window_ms, .. }) => {
-                    windows.evict_idle(now - window_ms - lateness) + singles.evict_idle(now - window_ms - lateness)
+                (RuleState::Distincts(store), CompiledKind::Threshold { window_ms, .. }) => {
+                    store.evict_idle(now - window_ms - lateness)
                 }
                 (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
                 _ => 0,
@@ -856,10 +884,7 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Distinct(_),
             ..
-        } => RuleState::Distincts {
-            windows: KeyedStore::new(budget.clone()),
-            singles: KeyedStore::new(budget.clone()),
-        },
+        } => RuleState::Distincts(KeyedStore::new(budget.clone())),
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Count,
             ..

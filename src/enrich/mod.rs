@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use maxminddb::Reader;
 use serde::Deserialize;
@@ -147,11 +148,71 @@ struct AnonymousRecord {
 }
 
 /// The open databases.
+/// One open database and the records it decoded last.
+struct Database<T> {
+    reader: Reader<Vec<u8>>,
+    recent: Recent<T>,
+}
+
+/// Decoded records by their offset in a database's data section, in a
+/// direct-mapped table. Many networks share one record (every address of a
+/// city shares the city's), and decoding a record is most of a lookup's cost
+/// (a City record carries names in many languages that are skipped field by
+/// field), so recently decoded ones are kept, in their few facts.
+struct Recent<T> {
+    slots: Mutex<Vec<Option<(usize, T)>>>,
+}
+
+/// Slots per database: 4,096 records (well under 1 MiB for all three).
+const RECENT_SLOTS: usize = 4096;
+
+impl<T: Copy> Recent<T> {
+    fn new() -> Recent<T> {
+        Recent {
+            slots: Mutex::new(vec![None; RECENT_SLOTS]),
+        }
+    }
+
+    /// The facts of the record at `offset`, decoded by `decode` when not kept.
+    fn get_or(&self, offset: usize, decode: impl FnOnce() -> T) -> T {
+        let slot = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - RECENT_SLOTS.trailing_zeros());
+        // Held for a read or a write, never while decoding; nothing panics under it.
+        let lock = || self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, facts)) = lock()[slot] {
+            if at == offset {
+                return facts;
+            }
+        }
+        let facts = decode();
+        lock()[slot] = Some((offset, facts));
+        facts
+    }
+}
+
+impl<T: Copy + Default> Database<T> {
+    /// The facts for `ip`: the default when the database has no record for
+    /// it or the record does not decode as `R`.
+    fn facts<'de, R: Deserialize<'de>>(&'de self, ip: IpAddr, from: impl FnOnce(R) -> T) -> T {
+        let Ok(found) = self.reader.lookup(ip) else {
+            return T::default();
+        };
+        let Some(offset) = found.offset() else {
+            return T::default();
+        };
+        self.recent.get_or(offset, || {
+            found.decode::<R>().ok().flatten().map(from).unwrap_or_default()
+        })
+    }
+}
+
+/// What the City database says of an address: country and location.
+type Place = (Option<Country>, Option<(f64, f64)>);
+
 #[derive(Default)]
 pub struct GeoDatabases {
-    city: Option<Reader<Vec<u8>>>,
-    asn: Option<Reader<Vec<u8>>>,
-    anonymous: Option<Reader<Vec<u8>>>,
+    city: Option<Database<Place>>,
+    asn: Option<Database<Option<u32>>>,
+    anonymous: Option<Database<NetworkFlags>>,
 }
 
 impl std::fmt::Debug for GeoDatabases {
@@ -162,13 +223,17 @@ impl std::fmt::Debug for GeoDatabases {
     }
 }
 
-fn open(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Reader<Vec<u8>>>, EnrichError> {
+fn open<T: Copy>(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Database<T>>, EnrichError> {
     path.as_deref()
         .map(|p: &Path| {
-            Reader::open_readfile(p).map_err(|error| EnrichError::Open {
+            let reader = Reader::open_readfile(p).map_err(|error| EnrichError::Open {
                 what,
                 path: p.to_owned(),
                 error,
+            })?;
+            Ok(Database {
+                reader,
+                recent: Recent::new(),
             })
         })
         .transpose()
@@ -196,24 +261,21 @@ impl GeoDatabases {
     /// on one record (corrupt data) is treated as "not known", never a panic.
     pub fn lookup(&self, ip: IpAddr, needs: GeoNeeds) -> GeoFacts {
         let mut facts = GeoFacts::default();
-        if needs.city {
-            if let Some(rec) = self.city.as_ref().and_then(|r| decode::<CityRecord<'_>>(r, ip)) {
-                facts.country = rec.country.and_then(|c| c.iso_code).and_then(Country::parse);
-                facts.location = rec
-                    .location
-                    .and_then(|l| Some((l.latitude?, l.longitude?)))
-                    .filter(|(lat, lon)| lat.is_finite() && lon.is_finite());
-            }
+        if let Some(db) = self.city.as_ref().filter(|_| needs.city) {
+            (facts.country, facts.location) = db.facts(ip, |rec: CityRecord<'_>| {
+                (
+                    rec.country.and_then(|c| c.iso_code).and_then(Country::parse),
+                    rec.location
+                        .and_then(|l| Some((l.latitude?, l.longitude?)))
+                        .filter(|(lat, lon)| lat.is_finite() && lon.is_finite()),
+                )
+            });
         }
-        if needs.asn {
-            facts.asn = self
-                .asn
-                .as_ref()
-                .and_then(|r| decode::<AsnRecord>(r, ip))
-                .and_then(|rec| rec.autonomous_system_number);
+        if let Some(db) = self.asn.as_ref().filter(|_| needs.asn) {
+            facts.asn = db.facts(ip, |rec: AsnRecord| rec.autonomous_system_number);
         }
-        if needs.anonymous {
-            if let Some(rec) = self.anonymous.as_ref().and_then(|r| decode::<AnonymousRecord>(r, ip)) {
+        if let Some(db) = self.anonymous.as_ref().filter(|_| needs.anonymous) {
+            facts.network = db.facts(ip, |rec: AnonymousRecord| {
                 let mut bits = 0;
                 for (flag, bit) in [
                     (rec.is_hosting_provider, NetworkFlags::HOSTING),
@@ -227,15 +289,11 @@ impl GeoDatabases {
                         bits |= bit;
                     }
                 }
-                facts.network = NetworkFlags(bits);
-            }
+                NetworkFlags(bits)
+            });
         }
         facts
     }
-}
-
-fn decode<'de, T: Deserialize<'de>>(reader: &'de Reader<Vec<u8>>, ip: IpAddr) -> Option<T> {
-    reader.lookup(ip).ok()?.decode::<T>().ok().flatten()
 }
 
 /// Great-circle distance in kilometres (haversine, mean Earth radius).

@@ -164,6 +164,13 @@ impl RuleSet {
 }
 
 impl RuleSet {
+    /// The same set with only the rules whose id is in `ids` (for profiling
+    /// what each rule costs); version, needs and homes recomputed.
+    pub fn only(&self, ids: &[&str]) -> RuleSet {
+        let kept = self.rules.iter().filter(|r| ids.contains(&&*r.id)).cloned().collect();
+        RuleSet::new(kept, self.disabled.clone())
+    }
+
     /// Databases the rules at `home` need (all rules' for `None`).
     pub fn geo_needs_at(&self, home: Option<KeyName>) -> GeoNeeds {
         match home {

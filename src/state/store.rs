@@ -102,10 +102,15 @@ impl<V: LastSeen> KeyedStore<V> {
     ///
     /// The DashMap guard lives only inside this call, never across an await.
     pub fn with<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.with_new(key, init, |v, _| f(v))
+    }
+
+    /// As [`KeyedStore::with`], and tells `f` whether `init` just made the state.
+    pub fn with_new<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V, bool) -> R) -> Option<R> {
         // One probe whether the key is there or not: a flood of new keys (the
         // common case under attack) pays for one lookup, not two.
         match self.map.entry(key) {
-            dashmap::Entry::Occupied(mut e) => Some(f(e.get_mut())),
+            dashmap::Entry::Occupied(mut e) => Some(f(e.get_mut(), false)),
             dashmap::Entry::Vacant(v) => {
                 if !self.budget.try_take() {
                     drop(v);
@@ -120,29 +125,9 @@ impl<V: LastSeen> KeyedStore<V> {
                     return None;
                 }
                 let mut entry = v.insert(init());
-                Some(f(&mut entry))
+                Some(f(&mut entry, true))
             }
         }
-    }
-
-    /// Runs `f` on the state for `key` if it is there; creates nothing.
-    pub fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-        self.map.get_mut(&key).map(|mut v| f(&mut v))
-    }
-
-    /// Moves `key`'s state, if any, into `other` (which shares this store's
-    /// budget: the key keeps its place in it) as `convert` makes it, and runs
-    /// `f` on it there.
-    pub fn move_to<W: LastSeen, R>(
-        &self,
-        key: u64,
-        other: &KeyedStore<W>,
-        convert: impl FnOnce(V) -> W,
-        f: impl FnOnce(&mut W) -> R,
-    ) -> Option<R> {
-        let (_, v) = self.map.remove(&key)?;
-        let mut moved = other.map.entry(key).or_insert(convert(v));
-        Some(f(&mut moved))
     }
 
     /// Reads the state for `key`, if any.

@@ -1,0 +1,90 @@
+//! Where the replay's time goes: the engine alone over events parsed ahead,
+//! with the whole shipped pack or a subset of its rules.
+//!
+//!   cargo run --release --example engine_profile -- [EVENTS] [RULE_IDS] [RUNS]
+//!
+//! Defaults: 1,000,000 generated events (seed 42, 2,000 events/s, as the
+//! `engine` bench), every rule of `config/rules`, 5 runs. RULE_IDS is `all`,
+//! `none` (no rule: the engine's fixed cost) or a comma-separated list of rule
+//! ids to keep. Prints, per run, the time to parse, to process every event,
+//! and to drop the engine with its state; then the medians.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kamiguard::engine::{Engine, EngineConfig};
+use kamiguard::enrich::GeoDatabases;
+use kamiguard::event::{parse, CodeHasher};
+use kamiguard::pipeline::generate::generate;
+use kamiguard::rules::{load_rules, RuleSet};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let keep = args.next().unwrap_or_else(|| "all".into());
+    let runs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
+
+    let dir = tempfile::tempdir()?;
+    let geo = Arc::new(GeoDatabases::open(&kamiguard::demo::geo::write_geo_fixtures(
+        dir.path(),
+    )?)?);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rules: RuleSet = load_rules(&root.join("config/rules"), geo.available()).map_err(|e| e.to_string())?;
+    if keep != "all" {
+        rules = rules.only(&keep.split(',').collect::<Vec<_>>());
+    }
+    let rules = Arc::new(rules);
+    eprintln!(
+        "{} rules: {:?}",
+        rules.rules.len(),
+        rules.rules.iter().map(|r| &*r.id).collect::<Vec<_>>()
+    );
+
+    let input = generate(n, 42, 2000);
+    let hasher = CodeHasher::without_key();
+    let (mut parse_s, mut process_s, mut drop_s) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let t = Instant::now();
+        let events: Vec<_> = input
+            .as_bytes()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| parse(l, &hasher))
+            .collect::<Result<_, _>>()?;
+        parse_s.push(t.elapsed().as_secs_f64());
+
+        let engine = Engine::new(rules.clone(), geo.clone(), EngineConfig::default())?;
+        let mut out = Vec::new();
+        let t = Instant::now();
+        for e in &events {
+            engine.process(e, &mut out);
+            out.clear();
+        }
+        process_s.push(t.elapsed().as_secs_f64());
+        drop(events);
+        let t = Instant::now();
+        let stats = engine.stats();
+        drop(engine);
+        drop_s.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "run {run}: parse {:.3} s, process {:.3} s, drop {:.3} s ({} decisions, {} keys)",
+            parse_s[run], process_s[run], drop_s[run], stats.decisions, stats.state.live_keys
+        );
+    }
+    println!(
+        "median: parse {:.3} s, process {:.3} s ({:.0} ns/event), drop {:.3} s",
+        median(parse_s),
+        median(process_s.clone()),
+        median(process_s) * 1e9 / n as f64,
+        median(drop_s)
+    );
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::event::Country;
 
-use super::store::{key_hasher, KeyHasher, LastSeen};
+use super::store::{LastSeen, TableHasher};
 
 /// How many devices an account remembers as its own.
 pub const KNOWN_DEVICES: usize = 6;
@@ -79,8 +79,8 @@ impl LastSeen for CardMemory {
 /// rate over the window and housekeeping is O(1) per event.
 #[derive(Debug)]
 pub struct SeenEvents {
-    current: HashSet<u64, KeyHasher>,
-    previous: HashSet<u64, KeyHasher>,
+    current: HashSet<u64, TableHasher>,
+    previous: HashSet<u64, TableHasher>,
     generation_start_ms: i64,
     window_ms: i64,
     max_ids: usize,
@@ -91,8 +91,8 @@ impl SeenEvents {
     /// per generation (a flood rotates generations early rather than grow).
     pub fn new(window_ms: i64, max_ids: usize) -> SeenEvents {
         SeenEvents {
-            current: HashSet::with_hasher(key_hasher()),
-            previous: HashSet::with_hasher(key_hasher()),
+            current: HashSet::with_hasher(TableHasher::default()),
+            previous: HashSet::with_hasher(TableHasher::default()),
             generation_start_ms: i64::MIN,
             window_ms: window_ms.max(1),
             max_ids: max_ids.max(1),
@@ -108,7 +108,7 @@ impl SeenEvents {
             // The next generation will likely hold as many ids as this one:
             // sizing it so saves rehashing it through every doubling.
             let expected = self.current.len().min(self.max_ids);
-            let next = HashSet::with_capacity_and_hasher(expected, key_hasher());
+            let next = HashSet::with_capacity_and_hasher(expected, TableHasher::default());
             self.previous = std::mem::replace(&mut self.current, next);
             self.generation_start_ms = ts_ms;
         }

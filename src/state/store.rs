@@ -20,6 +20,30 @@ pub fn key_of<T: Hash + ?Sized>(value: &T) -> u64 {
     key_hasher().hash_one(value)
 }
 
+/// The hasher of the stores' own tables. Their keys are [`key_of`] hashes
+/// already, evenly spread in every bit, so the table uses the key as it is
+/// instead of hashing it a second time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are stored; anything else is still spread, if slowly.
+        self.0 = key_hasher().hash_one(bytes);
+    }
+}
+
+/// Builds [`PreHashed`] hashers for the stores' tables.
+pub type TableHasher = std::hash::BuildHasherDefault<PreHashed>;
+
 /// How many keys all stores together may hold, and what happened at the limit.
 /// Shared by every store of an engine so one figure bounds its memory.
 #[derive(Debug)]
@@ -84,14 +108,14 @@ pub trait LastSeen {
 /// A map from key hash to state, counted against a [`StateBudget`].
 #[derive(Debug)]
 pub struct KeyedStore<V> {
-    map: DashMap<u64, V, KeyHasher>,
+    map: DashMap<u64, V, TableHasher>,
     budget: Arc<StateBudget>,
 }
 
 impl<V: LastSeen> KeyedStore<V> {
     pub fn new(budget: Arc<StateBudget>) -> KeyedStore<V> {
         KeyedStore {
-            map: DashMap::with_hasher(key_hasher()),
+            map: DashMap::with_hasher(TableHasher::default()),
             budget,
         }
     }

@@ -104,13 +104,42 @@ impl<A> LastSeen for WindowKey<A> {
     }
 }
 
+/// A threshold and the value of the aggregate from which a key keeps the
+/// ids of its attempts for a decision's samples.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    threshold: u64,
+    keep_from: u64,
+}
+
+impl Limits {
+    /// A count or a distinct count rises by at most one per attempt, so the
+    /// `MAX_SAMPLES` attempts before the one that reaches the threshold all
+    /// stood at `threshold - MAX_SAMPLES` or more: ids kept from there on
+    /// are exactly the newest ones, and a key far below its threshold (most
+    /// keys, most of the time) keeps none. A sum can jump, so its episode is
+    /// taken to start at half the threshold.
+    fn new(aggregate: &CompiledAggregate, threshold: u64) -> Limits {
+        let keep_from = match aggregate {
+            CompiledAggregate::SumFaceValue => threshold / 2,
+            _ => threshold.saturating_sub(MAX_SAMPLES as u64),
+        };
+        Limits { threshold, keep_from }
+    }
+}
+
 impl<A> WindowKey<A> {
     /// Adds the event through `add`; returns the aggregate and, when it
-    /// reaches `threshold`, the samples before this event.
-    fn observe(&mut self, e: &Event, threshold: u64, add: impl FnOnce(&mut A) -> u64) -> (u64, Option<Vec<String>>) {
+    /// reaches the threshold, the samples before this event.
+    fn observe(&mut self, e: &Event, limits: Limits, add: impl FnOnce(&mut A) -> u64) -> (u64, Option<Vec<String>>) {
         self.last_ms = self.last_ms.max(e.ts_ms);
         let value = add(&mut self.agg);
-        let samples = (value >= threshold).then(|| self.samples.iter().map(|s| s.to_string()).collect());
+        let samples = (value >= limits.threshold).then(|| self.samples.iter().map(|s| s.to_string()).collect());
+        if value < limits.keep_from {
+            // Below the episode: what was kept can no longer be sampled.
+            self.samples = SmallVec::new();
+            return (value, samples);
+        }
         if self.samples.len() == MAX_SAMPLES {
             self.samples.remove(0);
         }
@@ -172,7 +201,7 @@ impl DistinctKey {
         fresh: bool,
         e: &Event,
         value: u64,
-        (threshold, window_ms, cap): (u64, i64, usize),
+        (limits, window_ms, cap): (Limits, i64, usize),
     ) -> Option<(u64, Option<Vec<String>>)> {
         let w = match self {
             DistinctKey::Once(_) if fresh => return None,
@@ -189,7 +218,7 @@ impl DistinctKey {
             }
             DistinctKey::Many(w) => w,
         };
-        Some(w.observe(e, threshold, |d| d.add(value, e.ts_ms, window_ms, cap)))
+        Some(w.observe(e, limits, |d| d.add(value, e.ts_ms, window_ms, cap)))
     }
 }
 
@@ -598,23 +627,24 @@ impl Engine {
             ) => {
                 let key = keys.get(*group_by)?;
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
+                let limits = Limits::new(aggregate, *threshold);
                 let (value, samples) = match (aggregate, state) {
-                    (CompiledAggregate::Count, RuleState::Counts(store)) => store.with(key, Default::default, |w| {
-                        w.observe(e, *threshold, |s| s.add(bucket, 1))
-                    })?,
+                    (CompiledAggregate::Count, RuleState::Counts(store)) => {
+                        store.with(key, Default::default, |w| w.observe(e, limits, |s| s.add(bucket, 1)))?
+                    }
                     (CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
                         let amount = e.card.face_value_fen?;
                         store.with(key, Default::default, |w| {
-                            w.observe(e, *threshold, |s| s.add(bucket, amount))
+                            w.observe(e, limits, |s| s.add(bucket, amount))
                         })?
                     }
                     (CompiledAggregate::Distinct(of), RuleState::Distincts(store)) => {
                         let value = keys.get(*of)?;
-                        let limits = (*threshold, *window_ms, (*threshold).min(10_000) as usize);
+                        let cap = (*threshold).min(10_000) as usize;
                         store.with_new(
                             key,
                             || DistinctKey::first(e, value, *threshold),
-                            |k, fresh| k.observe(fresh, e, value, limits),
+                            |k, fresh| k.observe(fresh, e, value, (limits, *window_ms, cap)),
                         )??
                     }
                     _ => return None,

@@ -220,3 +220,68 @@ score = 80
     assert!(after.evicted >= 2, "the window and the single are swept: {after:?}");
     assert!(after.live_keys < before + 2, "{before} -> {after:?}");
 }
+
+#[test]
+fn a_decision_samples_the_ten_attempts_before_its_trigger_and_a_sum_those_past_half() {
+    const RULES: &str = r#"[[rule]]
+id = "ip-count"
+kind = "threshold"
+group_by = "ip"
+aggregate = "count"
+window_secs = 600
+threshold = 15
+action = "block"
+score = 80
+
+[[rule]]
+id = "account-sum"
+kind = "threshold"
+filter = { outcome = ["success"] }
+group_by = "account"
+aggregate = "sum_face_value"
+window_secs = 3600
+threshold = 100000
+action = "review"
+score = 50
+"#;
+    let rules = Arc::new(compile_sources(&[("t.toml".into(), RULES.into())], Default::default()).expect("rules"));
+    let engine = Engine::new(rules, Arc::new(GeoDatabases::default()), EngineConfig::default()).expect("engine");
+    let attempt = |id: &str, second: u32, ip: &str, outcome: &str, fen: u32| {
+        let line = format!(
+            r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"{outcome}","card":{{"code_hash":"c0de{second:04}","face_value":{fen}}},"account":{{"id":"u-{ip}"}},"ip":"{ip}"}}"#,
+            second / 60,
+            second % 60
+        );
+        parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid")
+    };
+    let mut out = Vec::new();
+    // Ten attempts an address makes, then the window passes them by.
+    for i in 0..10 {
+        engine.process(
+            &attempt(&format!("a-{i}"), i, "198.51.100.1", "invalid_code", 100),
+            &mut out,
+        );
+    }
+    for i in 0..15 {
+        engine.process(
+            &attempt(&format!("b-{i}"), 700 + i, "198.51.100.1", "invalid_code", 100),
+            &mut out,
+        );
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].trigger_event_id, "b-14");
+    let ten_before: Vec<String> = (4..14).map(|i| format!("b-{i}")).collect();
+    assert_eq!(out[0].sample_event_ids, ten_before);
+
+    // 290 + 100 + 100 yuan stays under half of 1,000; 200 passes it; 400 crosses.
+    out.clear();
+    for (i, fen) in [29_000, 10_000, 10_000, 20_000, 40_000].into_iter().enumerate() {
+        engine.process(
+            &attempt(&format!("s-{i}"), 900 + i as u32, "203.0.113.9", "success", fen),
+            &mut out,
+        );
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].evidence["value"], 109_000);
+    assert_eq!(out[0].sample_event_ids, ["s-3"]);
+}

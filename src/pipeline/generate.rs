@@ -78,6 +78,9 @@ impl Traffic {
         let (i, rng) = (self.i, &mut self.rng);
         self.i += 1;
         let ts = crate::event::format_ts(ts_ms);
+        // Fresh accounts are as old as they look from their own attempt,
+        // whatever clock stamps it (the demo and the bench use the wall clock).
+        let created_hours_ago = |hours: i64| crate::event::format_ts(ts_ms - hours * 3_600_000);
         let roll = rng.below(1000);
         match roll {
             // code guessing from a few bot addresses
@@ -126,7 +129,7 @@ impl Traffic {
                     "175.16.199.250",
                     &dev,
                     2000,
-                    "2026-11-21T00:00:00Z",
+                    &created_hours_ago(24),
                     false,
                 )
             }
@@ -160,7 +163,7 @@ impl Traffic {
                     "100.64.7.7",
                     &dev,
                     200_000,
-                    "2026-11-21T12:00:00Z",
+                    &created_hours_ago(12),
                     false,
                 )
             }

@@ -206,11 +206,13 @@ impl DistinctKey {
         let w = match self {
             DistinctKey::Once(_) if fresh => return None,
             DistinctKey::Once(s) => {
-                let mut w = WindowKey::<DistinctWindow>::default();
-                w.last_ms = s.ts_ms;
-                w.agg.add(s.value, s.ts_ms, window_ms, cap);
-                w.samples.push(s.sample.clone());
-                *self = DistinctKey::Many(Box::new(w));
+                let mut agg = DistinctWindow::default();
+                agg.add(s.value, s.ts_ms, window_ms, cap);
+                *self = DistinctKey::Many(Box::new(WindowKey {
+                    agg,
+                    samples: smallvec::smallvec![s.sample.clone()],
+                    last_ms: s.ts_ms,
+                }));
                 let DistinctKey::Many(w) = self else {
                     unreachable!("just set")
                 };

@@ -147,7 +147,6 @@ struct AnonymousRecord {
     is_tor_exit_node: Option<bool>,
 }
 
-/// The open databases.
 /// One open database and the records it decoded last.
 struct Database<T> {
     reader: Reader<Vec<u8>>,
@@ -208,6 +207,7 @@ impl<T: Copy + Default> Database<T> {
 /// What the City database says of an address: country and location.
 type Place = (Option<Country>, Option<(f64, f64)>);
 
+/// The open databases.
 #[derive(Default)]
 pub struct GeoDatabases {
     city: Option<Database<Place>>,
@@ -312,6 +312,25 @@ mod tests {
     fn beijing_to_shanghai_is_about_1070_km() {
         let d = distance_km((39.9042, 116.4074), (31.2304, 121.4737));
         assert!((1050.0..1090.0).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn kept_records_answer_for_their_own_network_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::demo::geo::write_geo_fixtures(dir.path()).expect("fixtures");
+        let geo = GeoDatabases::open(&config).expect("open");
+        let all = geo.available();
+        let country = |ip: &str| geo.lookup(ip.parse().expect("ip"), all).country.map(|c| c.to_string());
+        // Each city twice, interleaved: the second answer comes from the kept record.
+        for _ in 0..2 {
+            assert_eq!(country("175.16.199.7").as_deref(), Some("CN"));
+            assert_eq!(country("198.51.100.7").as_deref(), Some("JP"));
+            assert_eq!(country("203.0.113.7").as_deref(), Some("US"));
+            assert_eq!(country("10.0.0.1"), None);
+        }
+        let hosting = geo.lookup("192.0.2.10".parse().expect("ip"), all).network;
+        assert_ne!(hosting.0, 0, "the fixture marks 192.0.2.0/24 as hosting");
+        assert_eq!(geo.lookup("175.16.199.7".parse().expect("ip"), all).network.0, 0);
     }
 
     #[test]

@@ -864,6 +864,11 @@ impl Engine {
         evicted
     }
 
+    /// Per open geo database: lookups answered from a kept record, records decoded.
+    pub fn geo_record_counts(&self) -> Vec<(&'static str, u64, u64)> {
+        self.geo.record_counts()
+    }
+
     /// Active decisions by scope at the engine's event time.
     pub fn active_decisions(&self) -> std::collections::BTreeMap<&'static str, usize> {
         self.book.active_by_scope(self.clock.now_ms())

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub active_decisions: IntGaugeVec,
     pub restored_events: IntCounter,
     pub routed: IntCounterVec,
+    pub geo_records: IntCounterVec,
     pub reloads: IntCounterVec,
     pub rules_loaded: IntGauge,
     pub ready: IntGauge,
@@ -153,6 +154,11 @@ impl Metrics {
                 "Attempts forwarded to the internal topic of a home key (split across instances).",
                 &["home"],
             ),
+            geo_records: counter(
+                "geo_records_total",
+                "Geo lookups by database and result: kept (answered from a recently decoded record) or decoded.",
+                &["database", "result"],
+            ),
             reloads: counter(
                 "rule_reloads_total",
                 "Rule reloads, by result (ok, error).",
@@ -185,6 +191,10 @@ impl Metrics {
         }
         for (scope, n) in engine.active_decisions() {
             self.active_decisions.with_label_values(&[scope]).set(n as i64);
+        }
+        for (database, kept, decoded) in engine.geo_record_counts() {
+            add(&self.geo_records.with_label_values(&[database, "kept"]), kept);
+            add(&self.geo_records.with_label_values(&[database, "decoded"]), decoded);
         }
     }
 

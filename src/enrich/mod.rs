@@ -159,7 +159,14 @@ struct Database<T> {
 /// (a City record carries names in many languages that are skipped field by
 /// field), so recently decoded ones are kept, in their few facts.
 struct Recent<T> {
-    slots: Mutex<Vec<Option<(usize, T)>>>,
+    table: Mutex<Table<T>>,
+}
+
+struct Table<T> {
+    slots: Vec<Option<(usize, T)>>,
+    /// Lookups answered from a kept record, and records decoded.
+    kept: u64,
+    decoded: u64,
 }
 
 /// Slots per database: 4,096 records (well under 1 MiB for all three).
@@ -168,7 +175,11 @@ const RECENT_SLOTS: usize = 4096;
 impl<T: Copy> Recent<T> {
     fn new() -> Recent<T> {
         Recent {
-            slots: Mutex::new(vec![None; RECENT_SLOTS]),
+            table: Mutex::new(Table {
+                slots: vec![None; RECENT_SLOTS],
+                kept: 0,
+                decoded: 0,
+            }),
         }
     }
 
@@ -176,15 +187,27 @@ impl<T: Copy> Recent<T> {
     fn get_or(&self, offset: usize, decode: impl FnOnce() -> T) -> T {
         let slot = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - RECENT_SLOTS.trailing_zeros());
         // Held for a read or a write, never while decoding; nothing panics under it.
-        let lock = || self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, facts)) = lock()[slot] {
-            if at == offset {
-                return facts;
+        let lock = || self.table.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut table = lock();
+            if let Some((at, facts)) = table.slots[slot] {
+                if at == offset {
+                    table.kept += 1;
+                    return facts;
+                }
             }
         }
         let facts = decode();
-        lock()[slot] = Some((offset, facts));
+        let mut table = lock();
+        table.slots[slot] = Some((offset, facts));
+        table.decoded += 1;
         facts
+    }
+
+    /// (lookups answered from a kept record, records decoded) so far.
+    fn counts(&self) -> (u64, u64) {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        (table.kept, table.decoded)
     }
 }
 
@@ -259,6 +282,20 @@ impl GeoDatabases {
 
     /// Looks `ip` up in the databases that `needs` asks for. A database error
     /// on one record (corrupt data) is treated as "not known", never a panic.
+    /// For each open database, how many lookups a kept record answered and
+    /// how many records were decoded: whether the kept records fit the traffic.
+    pub fn record_counts(&self) -> Vec<(&'static str, u64, u64)> {
+        let counts = |name, recent: Option<(u64, u64)>| recent.map(|(kept, decoded)| (name, kept, decoded));
+        [
+            counts("city", self.city.as_ref().map(|d| d.recent.counts())),
+            counts("asn", self.asn.as_ref().map(|d| d.recent.counts())),
+            counts("anonymous", self.anonymous.as_ref().map(|d| d.recent.counts())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     pub fn lookup(&self, ip: IpAddr, needs: GeoNeeds) -> GeoFacts {
         let mut facts = GeoFacts::default();
         if let Some(db) = self.city.as_ref().filter(|_| needs.city) {
@@ -328,6 +365,16 @@ mod tests {
             assert_eq!(country("203.0.113.7").as_deref(), Some("US"));
             assert_eq!(country("10.0.0.1"), None);
         }
+        let city = geo
+            .record_counts()
+            .into_iter()
+            .find(|(db, ..)| *db == "city")
+            .expect("city counts");
+        assert_eq!(
+            city,
+            ("city", 3, 3),
+            "three records decoded once, kept for the second pass"
+        );
         let hosting = geo.lookup("192.0.2.10".parse().expect("ip"), all).network;
         assert_ne!(hosting.0, 0, "the fixture marks 192.0.2.0/24 as hosting");
         assert_eq!(geo.lookup("175.16.199.7".parse().expect("ip"), all).network.0, 0);

@@ -25,11 +25,18 @@ score = 80
 "#;
 
 fn engine(max_keys: usize) -> Engine {
-    let rules = Arc::new(compile_sources(&[("t.toml".into(), RULE.into())], Default::default()).expect("rule"));
-    let config = EngineConfig {
-        max_keys,
-        ..EngineConfig::default()
-    };
+    engine_of(
+        RULE,
+        EngineConfig {
+            max_keys,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+/// An engine with the rules of one TOML file and no geo databases.
+fn engine_of(rules: &str, config: EngineConfig) -> Engine {
+    let rules = Arc::new(compile_sources(&[("t.toml".into(), rules.into())], Default::default()).expect("rules"));
     Engine::new(rules, Arc::new(GeoDatabases::default()), config).expect("engine")
 }
 
@@ -176,9 +183,9 @@ fn a_split_engine_refuses_rules_at_a_home_key_it_is_not_fed() {
     assert_eq!(&*engine.rules().rules[0].id, "ip-guessing");
 }
 
-/// Keys of a distinct rule seen once wait in a compact store; the second
-/// attempt moves them to a full window without losing the first one, and an
-/// idle one is swept like any window.
+/// Keys of a distinct rule seen once stay compact; the second attempt gives
+/// them a full window without losing the first one, and an idle one is swept
+/// like any window.
 #[test]
 fn a_key_seen_once_keeps_its_first_attempt_for_the_decision() {
     const SHARED: &str = r#"[[rule]]
@@ -192,8 +199,7 @@ threshold = 2
 action = "freeze"
 score = 80
 "#;
-    let rules = Arc::new(compile_sources(&[("t.toml".into(), SHARED.into())], Default::default()).expect("rule"));
-    let engine = Engine::new(rules, Arc::new(GeoDatabases::default()), EngineConfig::default()).expect("engine");
+    let engine = engine_of(SHARED, EngineConfig::default());
     let attempt = |id: &str, minute: u32, code: &str, account: &str| {
         let line = format!(
             r#"{{"event_id":"{id}","ts":"2026-11-22T{:02}:{:02}:00Z","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"{code}"}},"account":{{"id":"{account}"}}}}"#,
@@ -244,8 +250,7 @@ threshold = 100000
 action = "review"
 score = 50
 "#;
-    let rules = Arc::new(compile_sources(&[("t.toml".into(), RULES.into())], Default::default()).expect("rules"));
-    let engine = Engine::new(rules, Arc::new(GeoDatabases::default()), EngineConfig::default()).expect("engine");
+    let engine = engine_of(RULES, EngineConfig::default());
     let attempt = |id: &str, second: u32, ip: &str, outcome: &str, fen: u32| {
         let line = format!(
             r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"{outcome}","card":{{"code_hash":"c0de{second:04}","face_value":{fen}}},"account":{{"id":"u-{ip}"}},"ip":"{ip}"}}"#,

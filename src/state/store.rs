@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-/// The fixed-seed hasher used for every state key. Fixed seeds keep replay and
-/// eviction order reproducible; keys are already hashes of attacker-chosen
-/// strings, so a flood can create many keys but cannot aim at one shard.
+/// The fixed-seed hasher that turns an attempt's values into state keys
+/// ([`key_of`]). Fixed seeds keep the keys, and so replay and eviction
+/// order, reproducible.
 pub type KeyHasher = ahash::RandomState;
 
 pub fn key_hasher() -> KeyHasher {

@@ -14,6 +14,16 @@ pub const ATTEMPTS: &str = "kamiguard.attempts";
 pub const DECISIONS: &str = "kamiguard.decisions";
 pub const DLQ: &str = "kamiguard.attempts.dlq";
 
+/// Static membership, so a restarted processor gets its partition back at
+/// once. The session is longer than the default because Tansu does not count
+/// a static member's rejoin as contact: the member is expired at its first
+/// heartbeat after a restart when more than a session has passed since the
+/// previous instance's last heartbeat (join and sync pause 3 s each on
+/// Tansu), yet it stays the group's leader, and every later member then
+/// waits for that dead leader's assignment forever.
+const STATIC_MEMBER: &str = r#""group.instance.id" = "kg-test-instance"
+"session.timeout.ms" = "30000""#;
+
 /// A scratch folder with geo fixtures and a config pointing at `broker`.
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -47,7 +57,7 @@ group_id = "{group}"
 partitions = {partitions}
 replication_factor = 1
 [kafka.consumer]
-"group.instance.id" = "kg-test-instance"
+{static_member}
 [pipeline]
 commit_interval_ms = 100
 batch_ms = 10
@@ -57,6 +67,7 @@ listen = "127.0.0.1:{http_port}"
 {extra}
 "#,
             rules = super::root().join("config/rules").display(),
+            static_member = STATIC_MEMBER,
             city = path(&geo.city),
             asn = path(&geo.asn),
             anonymous = path(&geo.anonymous),
@@ -106,11 +117,7 @@ impl Processor {
     pub fn instance(setup: &Setup, n: usize) -> Processor {
         let text = std::fs::read_to_string(&setup.config).expect("config");
         let config = setup.dir.path().join(format!("instance-{n}.toml"));
-        std::fs::write(
-            &config,
-            text.replace("\"group.instance.id\" = \"kg-test-instance\"", ""),
-        )
-        .expect("instance config");
+        std::fs::write(&config, text.replace(STATIC_MEMBER, "")).expect("instance config");
         let listen = format!("127.0.0.1:{}", super::broker::free_port());
         Processor::start_config(
             setup,

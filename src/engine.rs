@@ -21,7 +21,7 @@ use crate::rules::filter::{human_secs, yuan};
 use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
     key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen,
-    Place, SeenEvents, SlidingCount, SlidingSum, StateBudget,
+    Place, SeenEvents, SlidingCount, StateBudget,
 };
 
 /// Most sample event ids a decision carries.
@@ -87,7 +87,7 @@ pub enum Verdict {
     Duplicate,
 }
 
-/// Per-key state of a threshold rule: its aggregate (a [`SlidingSum`] or a
+/// Per-key state of a threshold rule: its aggregate (a [`SlidingCount`] or a
 /// [`DistinctWindow`]) and the newest event ids of the episode. The first
 /// sample is stored inline, so a key seen once (most keys under a flood of
 /// fresh codes or addresses) allocates nothing of its own.
@@ -225,10 +225,11 @@ impl DistinctKey {
 }
 
 enum RuleState {
-    /// Count thresholds.
-    Counts(KeyedStore<WindowKey<SlidingCount>>),
-    /// Sum-of-face-value thresholds.
-    Sums(KeyedStore<WindowKey<SlidingSum>>),
+    /// Count and sum-of-face-value thresholds (a count is a sum of ones).
+    /// Sums fit the same `u32` buckets as counts because rules refuse a sum
+    /// threshold above `u32::MAX` fen: a bucket that saturates has reached
+    /// the threshold on its own, so no decision changes.
+    Sums(KeyedStore<WindowKey<SlidingCount>>),
     /// Distinct-count thresholds.
     Distincts(KeyedStore<DistinctKey>),
     Quota(KeyedQuota),
@@ -631,11 +632,11 @@ impl Engine {
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
                 let limits = Limits::new(aggregate, *threshold);
                 let (value, samples) = match (aggregate, state) {
-                    (CompiledAggregate::Count, RuleState::Counts(store)) => {
-                        store.with(key, Default::default, |w| w.observe(e, limits, |s| s.add(bucket, 1)))?
-                    }
-                    (CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
-                        let amount = e.card.face_value_fen?;
+                    (CompiledAggregate::Count | CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
+                        let amount = match aggregate {
+                            CompiledAggregate::SumFaceValue => e.card.face_value_fen?,
+                            _ => 1,
+                        };
                         store.with(key, Default::default, |w| {
                             w.observe(e, limits, |s| s.add(bucket, amount))
                         })?
@@ -844,9 +845,6 @@ impl Engine {
         let mut evicted = 0;
         for (rule, state) in loaded.rules.rules.iter().zip(&loaded.states) {
             evicted += match (state, &rule.kind) {
-                (RuleState::Counts(store), CompiledKind::Threshold { window_ms, .. }) => {
-                    store.evict_idle(now - window_ms - lateness)
-                }
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
                     store.evict_idle(now - window_ms - lateness)
                 }
@@ -922,10 +920,6 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
             aggregate: CompiledAggregate::Distinct(_),
             ..
         } => RuleState::Distincts(KeyedStore::new(budget.clone())),
-        CompiledKind::Threshold {
-            aggregate: CompiledAggregate::Count,
-            ..
-        } => RuleState::Counts(KeyedStore::new(budget.clone())),
         CompiledKind::Threshold { .. } => RuleState::Sums(KeyedStore::new(budget.clone())),
         CompiledKind::Quota {
             limit,

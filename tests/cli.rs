@@ -45,7 +45,7 @@ score = 1
 "#,
     )
     .expect("write");
-    std::fs::write(dir.path().join("b.toml"), "[[rule]]\nid = \"x\"\nkind = \"match\"\naction = \"review\"\nscore = 10\nfilter = { network = [\"tor\", \"darknet\"] }\n").expect("write");
+    std::fs::write(dir.path().join("b.toml"), "[[rule]]\nid = \"x\"\nkind = \"match\"\naction = \"review\"\nscore = 10\nfilter = { network = [\"tor\", \"darknet\"] }\n\n[[rule]]\nid = \"s\"\nkind = \"threshold\"\ngroup_by = \"account\"\naggregate = \"sum_face_value\"\nwindow_secs = 3600\nthreshold = 5000000000\naction = \"review\"\nscore = 10\n").expect("write");
     let out = kamiguard().arg("check-rules").arg(dir.path()).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -57,6 +57,7 @@ score = 1
         format!("{a}:9:9: `score` must be 0 to 100"),
         format!("{a}:14:1: unknown field `filtre`, expected one of `id`, `description`, `kind`, `enabled`, `filter`, `group_by`, `aggregate`, `distinct_of`, `window_secs`, `threshold`, `limit`, `period_secs`, `burst`, `noun`, `action`, `scope`, `duration_secs`, `score`, `mode`, `allow`"),
         format!("{b}:2:6: rule id `x` is already used at {a}:2:6"),
+        format!("{b}:14:13: a sum_face_value `threshold` must be at most 4294967295 fen (¥42,949,672.95)"),
     ];
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),

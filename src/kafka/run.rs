@@ -98,6 +98,46 @@ pub enum RunError {
     ShutdownTimeout(Duration),
 }
 
+/// How long the consumer has gone without partitions, so that a group that
+/// never assigns any (a broker stuck in a rebalance) is said in the log and
+/// not only by `/readyz`.
+#[derive(Debug)]
+struct Unassigned {
+    since: Option<Instant>,
+    next_warning: Duration,
+}
+
+impl Unassigned {
+    /// The first warning after a minute without partitions, then every five.
+    const FIRST: Duration = Duration::from_secs(60);
+    const EVERY: Duration = Duration::from_secs(300);
+
+    fn since(now: Instant) -> Unassigned {
+        Unassigned {
+            since: Some(now),
+            next_warning: Self::FIRST,
+        }
+    }
+
+    /// Whole seconds without partitions when a warning is due, else `None`.
+    fn overdue(&mut self, empty: bool, now: Instant) -> Option<u64> {
+        if !empty {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert_with(|| {
+            self.next_warning = Self::FIRST;
+            now
+        });
+        let waited = now.saturating_duration_since(since);
+        if waited < self.next_warning {
+            return None;
+        }
+        self.next_warning = waited + Self::EVERY;
+        Some(waited.as_secs())
+    }
+}
+
 /// Consumer context: notes that the assignment changed, so the loop restores
 /// newly assigned partitions before deciding on them.
 pub struct RunContext {
@@ -269,7 +309,15 @@ pub async fn run(
         homes: topology.homes(),
     };
 
+    let mut unassigned = Unassigned::since(Instant::now());
     let outcome: Result<(), RunError> = loop {
+        if let Some(for_secs) = unassigned.overdue(owned.is_empty(), Instant::now()) {
+            warn!(
+                for_secs,
+                group = %kafka.group_id,
+                "no partitions assigned yet: expected while the group has more instances than partitions; otherwise the group may be stuck (/readyz stays 503; on the Tansu broker see the README on static membership)"
+            );
+        }
         let message = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
@@ -779,4 +827,26 @@ fn reconcile(
         return Ok(0);
     }
     restore(kafka, pipeline, engine, hasher, &ranges, lookback_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_without_partitions_is_warned_about_after_a_minute_then_every_five() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut u = Unassigned::since(start);
+        assert_eq!(u.overdue(true, at(59)), None);
+        assert_eq!(u.overdue(true, at(60)), Some(60));
+        assert_eq!(u.overdue(true, at(61)), None, "once, not on every tick");
+        assert_eq!(u.overdue(true, at(359)), None);
+        assert_eq!(u.overdue(true, at(360)), Some(360));
+        // Partitions arrive: quiet, and losing them all starts the count anew.
+        assert_eq!(u.overdue(false, at(400)), None);
+        assert_eq!(u.overdue(true, at(410)), None);
+        assert_eq!(u.overdue(true, at(469)), None);
+        assert_eq!(u.overdue(true, at(470)), Some(60));
+    }
 }

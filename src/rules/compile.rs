@@ -235,6 +235,18 @@ pub(crate) fn compile_rule(
                     );
                 }
             }
+            if let (Some(CompiledAggregate::SumFaceValue), Some(t)) = (aggregate, &spec.threshold) {
+                if *t.get_ref() > u32::MAX as u64 {
+                    errs.at(
+                        t,
+                        format!(
+                            "a sum_face_value `threshold` must be at most {} fen ({})",
+                            u32::MAX,
+                            crate::rules::filter::yuan(u32::MAX as u64)
+                        ),
+                    );
+                }
+            }
             match (group_by, aggregate, window, threshold) {
                 (Some(group_by), Some(aggregate), Some(window), Some(threshold)) => {
                     let window_ms = window as i64 * 1000;

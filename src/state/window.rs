@@ -5,13 +5,15 @@ use smallvec::SmallVec;
 /// Number of buckets a window is cut into. A window of W counts the bucket the
 /// newest event fell in and the `BUCKETS - 1` before it, so its span is between
 /// `W * (BUCKETS-1)/BUCKETS` and `W`: at most a tenth of the window is lost at
-/// the old edge, in exchange for a fixed state per key (48 bytes for a count,
-/// 88 for a sum) whatever the rate.
+/// the old edge, in exchange for a fixed state per key (48 bytes with `u32`
+/// buckets) whatever the rate.
 pub const BUCKETS: usize = 10;
 
 /// What a bucket holds: `u32` for counts (half the memory per key, and four
-/// billion attempts in one bucket is beyond any window), `u64` for sums of
-/// face value. Adding saturates.
+/// billion attempts in one bucket is beyond any window) and for the engine's
+/// sums of face value (rules refuse a sum threshold above `u32::MAX` fen, so
+/// a bucket that saturates has reached the threshold alone); `u64` where a
+/// bucket must hold more. Adding saturates.
 pub trait Cell: Copy + Default + std::fmt::Debug + PartialEq + Eq {
     fn plus(self, amount: u64) -> Self;
     fn get(self) -> u64;
@@ -48,7 +50,7 @@ pub struct SlidingSum<C: Cell = u64> {
     buckets: [C; BUCKETS],
 }
 
-/// A sliding count: 48 bytes a key instead of 88.
+/// A sliding count, or a sum of face value in fen: 48 bytes a key instead of 88.
 pub type SlidingCount = SlidingSum<u32>;
 
 impl<C: Cell> SlidingSum<C> {

@@ -1,14 +1,16 @@
 //! Where the replay's time goes: the engine alone over events parsed ahead,
 //! with the whole shipped pack or a subset of its rules.
 //!
-//!   cargo run --release --example engine_profile -- [EVENTS] [RULE_IDS] [RUNS]
+//!   cargo run --release --example engine_profile -- [EVENTS] [RULE_IDS] [RUNS] [ahead|plain]
 //!
 //! Defaults: 1,000,000 generated events (seed 42, 2,000 events/s, as the
 //! `engine` bench), every rule of `config/rules`, 5 runs. RULE_IDS is `all`,
 //! `none` (no rule: the engine's fixed cost) or a comma-separated list of rule
 //! ids to keep. Prints, per run, the time to parse every line alone, to parse
 //! and process every line (streaming, as `replay` does), and to drop the
-//! engine with its state; then the medians and the engine's share.
+//! engine with its state; then the medians and the engine's share. `ahead`
+//! (the default) decides each event once the next is parsed, prefetching the
+//! next one's state, as `replay` does; `plain` decides each as it is parsed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
     let keep = args.next().unwrap_or_else(|| "all".into());
     let runs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
+    let ahead = match args.next().as_deref() {
+        None | Some("ahead") => true,
+        Some("plain") => false,
+        Some(other) => return Err(format!("expected `ahead` or `plain`, not `{other}`").into()),
+    };
 
     let dir = tempfile::tempdir()?;
     let geo = Arc::new(GeoDatabases::open(&kamiguard::demo::geo::write_geo_fixtures(
@@ -63,9 +70,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let engine = Engine::new(rules.clone(), geo.clone(), EngineConfig::default())?;
         let mut out = Vec::new();
         let t = Instant::now();
+        let mut current = None;
         for line in lines() {
-            engine.process(&parse(line, &hasher)?, &mut out);
+            let e = parse(line, &hasher)?;
+            if !ahead {
+                engine.process(&e, &mut out);
+            } else if let Some(previous) = current.replace(e) {
+                engine.process_ahead(&previous, current.as_ref(), &mut out);
+            }
             out.clear();
+        }
+        if let Some(last) = current {
+            engine.process(&last, &mut out);
         }
         both_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();

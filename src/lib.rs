@@ -28,6 +28,9 @@
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
 
+// The one exception is the prefetch hint in `state::store`.
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod bench;
 pub mod config;

@@ -91,17 +91,28 @@ pub fn replay<R: BufRead>(
     let mut last_ts = i64::MIN;
     let mut in_order = true;
     let mut duplicates = 0;
+    // Each event is decided once the next one is parsed, so the engine can
+    // prefetch the next one's state while it decides this one.
+    let mut current: Option<Event> = None;
+    let mut decide = |e: &Event, next: Option<&Event>, held: &mut Vec<Decision>| {
+        if engine.process_ahead(e, next, held) == Verdict::Duplicate {
+            duplicates += 1;
+        }
+    };
     for_each_line(open()?, hasher, summary, progress, |e| {
         if e.ts_ms < last_ts {
             in_order = false;
             return false;
         }
         last_ts = e.ts_ms;
-        if engine.process(&e, &mut held) == Verdict::Duplicate {
-            duplicates += 1;
+        if let Some(previous) = current.replace(e) {
+            decide(&previous, current.as_ref(), &mut held);
         }
         true
     })?;
+    if let Some(last) = current.filter(|_| in_order) {
+        decide(&last, None, &mut held);
+    }
     if in_order {
         summary.duplicates += duplicates;
         write_decisions(held, out, summary, &now)?;
@@ -191,8 +202,8 @@ pub fn run_events(
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> io::Result<Vec<Decision>> {
     let mut decisions = Vec::new();
-    for e in events {
-        if engine.process(e, &mut decisions) == Verdict::Duplicate {
+    for (i, e) in events.iter().enumerate() {
+        if engine.process_ahead(e, events.get(i + 1), &mut decisions) == Verdict::Duplicate {
             summary.duplicates += 1;
         }
     }

@@ -1,8 +1,6 @@
 //! Long-lived memory per account and per card, and the set of recently seen
 //! event ids that keeps a redelivered event from counting twice.
 
-use std::collections::HashSet;
-
 use crate::event::Country;
 
 use super::store::{LastSeen, TableHasher};
@@ -74,13 +72,16 @@ impl LastSeen for CardMemory {
     }
 }
 
+/// A set of event-id hashes, as a map so its table can be prefetched.
+type IdSet = hashbrown::HashMap<u64, (), TableHasher>;
+
 /// Event ids seen within the dedup window, in two generations: a generation is
 /// dropped whole once it is older than the window, so memory follows the event
 /// rate over the window and housekeeping is O(1) per event.
 #[derive(Debug)]
 pub struct SeenEvents {
-    current: HashSet<u64, TableHasher>,
-    previous: HashSet<u64, TableHasher>,
+    current: IdSet,
+    previous: IdSet,
     generation_start_ms: i64,
     window_ms: i64,
     max_ids: usize,
@@ -91,8 +92,8 @@ impl SeenEvents {
     /// per generation (a flood rotates generations early rather than grow).
     pub fn new(window_ms: i64, max_ids: usize) -> SeenEvents {
         SeenEvents {
-            current: HashSet::with_hasher(TableHasher::default()),
-            previous: HashSet::with_hasher(TableHasher::default()),
+            current: IdSet::default(),
+            previous: IdSet::default(),
             generation_start_ms: i64::MIN,
             window_ms: window_ms.max(1),
             max_ids: max_ids.max(1),
@@ -108,14 +109,20 @@ impl SeenEvents {
             // The next generation will likely hold as many ids as this one:
             // sizing it so saves rehashing it through every doubling.
             let expected = self.current.len().min(self.max_ids);
-            let next = HashSet::with_capacity_and_hasher(expected, TableHasher::default());
+            let next = IdSet::with_capacity_and_hasher(expected, TableHasher::default());
             self.previous = std::mem::replace(&mut self.current, next);
             self.generation_start_ms = ts_ms;
         }
-        if self.previous.contains(&id) {
+        if self.previous.contains_key(&id) {
             return false;
         }
-        self.current.insert(id)
+        self.current.insert(id, ()).is_none()
+    }
+
+    /// Starts loading what [`SeenEvents::first_time`] will read for `id`.
+    pub fn prefetch(&self, id: u64) {
+        super::store::prefetch_probe(self.previous.raw_table(), id);
+        super::store::prefetch_probe(self.current.raw_table(), id);
     }
 
     pub fn len(&self) -> usize {

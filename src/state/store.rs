@@ -154,6 +154,19 @@ impl<V: LastSeen> KeyedStore<V> {
         }
     }
 
+    /// Asks the CPU to start loading the cache lines a lookup of `key` will
+    /// read (the table's control bytes and the slot where the probe starts),
+    /// so that the lookup, made a little later, does not wait for memory.
+    /// Only a hint: it changes no state and cannot fail.
+    pub fn prefetch(&self, key: u64) {
+        let shard = &self.map.shards()[self.map.determine_shard(key as usize)];
+        // A shard being written is skipped rather than waited for.
+        let Some(table) = shard.try_read() else {
+            return;
+        };
+        prefetch_probe(&table, key);
+    }
+
     /// Reads the state for `key`, if any.
     pub fn read<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
         self.map.get(&key).map(|v| f(&v))
@@ -182,6 +195,32 @@ impl<V: LastSeen> KeyedStore<V> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// Prefetches the lines a lookup of `hash` in `table` reads first: the
+/// control bytes where its probe starts and the slot they stand for. By
+/// hashbrown's layout, the slots end where the control bytes begin, slot `i`
+/// is the `i + 1`-th before that point, and a probe starts at
+/// `hash & (buckets - 1)`.
+pub(crate) fn prefetch_probe<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
+    let start = (hash as usize) & (table.buckets() - 1);
+    let end = table.data_end().as_ptr();
+    prefetch(end.cast::<u8>().wrapping_add(start));
+    prefetch(end.wrapping_sub(start + 1).cast::<u8>());
+}
+
+/// A prefetch hint for the line holding `at`.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; it never dereferences `at` in
+    // the language's sense and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 impl<V> Drop for KeyedStore<V> {

@@ -290,3 +290,43 @@ score = 50
     assert_eq!(out[0].evidence["value"], 109_000);
     assert_eq!(out[0].sample_event_ids, ["s-3"]);
 }
+
+/// Replay prefetches the next attempt's state while it decides the current
+/// one: a hint that must change nothing, redeliveries included.
+#[test]
+fn prefetching_the_next_attempt_changes_no_decision() {
+    let (_dir, _config, geo) = common::fixture_geo();
+    let rules = Arc::new(load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules"));
+    let hasher = CodeHasher::with_key(b"prefetch-test-key");
+    let mut events: Vec<Event> = kamiguard::pipeline::generate::generate(20_000, 7, 100)
+        .lines()
+        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
+        .collect();
+    // Redeliveries, some right after the original: the prefetched attempt
+    // is then the one just decided.
+    for i in (0..events.len()).step_by(97).rev() {
+        let copy = events[i].clone();
+        events.insert(i + 1 + i % 3, copy);
+    }
+    let json = |out: &[kamiguard::decision::Decision]| -> Vec<String> {
+        out.iter().map(|d| serde_json::to_string(d).expect("json")).collect()
+    };
+
+    let plain = Engine::new(rules.clone(), geo.clone(), EngineConfig::default()).expect("engine");
+    let mut expected = Vec::new();
+    let plain_verdicts: Vec<Verdict> = events.iter().map(|e| plain.process(e, &mut expected)).collect();
+
+    let ahead = Engine::new(rules, geo, EngineConfig::default()).expect("engine");
+    let mut got = Vec::new();
+    let ahead_verdicts: Vec<Verdict> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ahead.process_ahead(e, events.get(i + 1), &mut got))
+        .collect();
+
+    assert!(expected.len() > 50, "the traffic makes decisions: {}", expected.len());
+    assert!(plain_verdicts.contains(&Verdict::Duplicate));
+    assert_eq!(ahead_verdicts, plain_verdicts);
+    assert_eq!(json(&got), json(&expected));
+    assert_eq!(ahead.stats(), plain.stats());
+}

@@ -135,12 +135,12 @@ impl KeyedQuota {
         self.limiter.check_key(&key).is_ok()
     }
 
-    /// Drops keys idle for a whole period (their quota is full again).
     /// See [`KeyedStore::prefetch`].
     pub fn prefetch(&self, key: u64) {
         self.store.prefetch(key);
     }
 
+    /// Drops keys idle for a whole period (their quota is full again).
     pub fn evict_idle(&self, now_ms: i64) -> usize {
         self.store.evict_idle(now_ms - self.period_ms)
     }

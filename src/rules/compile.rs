@@ -227,24 +227,25 @@ pub(crate) fn compile_rule(
                     None
                 }
             };
-            if let (Some(CompiledAggregate::Distinct(_)), Some(t)) = (aggregate, &spec.threshold) {
-                if *t.get_ref() > 10_000 {
-                    errs.at(
-                        t,
-                        "a distinct `threshold` must be at most 10000 (memory per key grows with it)".into(),
-                    );
-                }
-            }
-            if let (Some(CompiledAggregate::SumFaceValue), Some(t)) = (aggregate, &spec.threshold) {
-                if *t.get_ref() > u32::MAX as u64 {
-                    errs.at(
-                        t,
-                        format!(
-                            "a sum_face_value `threshold` must be at most {} fen ({})",
-                            u32::MAX,
-                            crate::rules::filter::yuan(u32::MAX as u64)
-                        ),
-                    );
+            // What a key's state can hold bounds the threshold.
+            let bound = match aggregate {
+                Some(CompiledAggregate::Distinct(_)) => Some((
+                    10_000,
+                    "a distinct `threshold` must be at most 10000 (memory per key grows with it)".to_string(),
+                )),
+                Some(CompiledAggregate::SumFaceValue) => Some((
+                    u32::MAX as u64,
+                    format!(
+                        "a sum_face_value `threshold` must be at most {} fen ({})",
+                        u32::MAX,
+                        crate::rules::filter::yuan(u32::MAX as u64)
+                    ),
+                )),
+                _ => None,
+            };
+            if let (Some((most, why)), Some(t)) = (bound, &spec.threshold) {
+                if *t.get_ref() > most {
+                    errs.at(t, why);
                 }
             }
             match (group_by, aggregate, window, threshold) {

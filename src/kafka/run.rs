@@ -311,13 +311,6 @@ pub async fn run(
 
     let mut unassigned = Unassigned::since(Instant::now());
     let outcome: Result<(), RunError> = loop {
-        if let Some(for_secs) = unassigned.overdue(owned.is_empty(), Instant::now()) {
-            warn!(
-                for_secs,
-                group = %kafka.group_id,
-                "no partitions assigned yet: expected while the group has more instances than partitions; otherwise the group may be stuck (/readyz stays 503; on the Tansu broker see the README on static membership)"
-            );
-        }
         let message = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
@@ -356,6 +349,15 @@ pub async fn run(
             health.assigned.store(!owned.is_empty(), Ordering::SeqCst);
         }
         let Some(message) = message else {
+            // On ticks only, off the per-message path: without partitions
+            // no message arrives, and ticks still come while busy.
+            if let Some(for_secs) = unassigned.overdue(owned.is_empty(), Instant::now()) {
+                warn!(
+                    for_secs,
+                    group = %kafka.group_id,
+                    "no partitions assigned yet: expected while the group has more instances than partitions; otherwise the group may be stuck (/readyz stays 503; on the Tansu broker see the README on static membership)"
+                );
+            }
             let due = batch.events > 0 && batch_started.elapsed() >= Duration::from_millis(pipeline.batch_ms);
             if due && !hand_off(&tx, &mut batch, &mut shutdown).await {
                 break Ok(());

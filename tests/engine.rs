@@ -40,6 +40,23 @@ fn engine_of(rules: &str, config: EngineConfig) -> Engine {
     Engine::new(rules, Arc::new(GeoDatabases::default()), config).expect("engine")
 }
 
+/// The shipped rule pack on the fixture geo databases (kept in the folder
+/// returned first).
+fn shipped_rules() -> (tempfile::TempDir, Arc<GeoDatabases>, Arc<kamiguard::rules::RuleSet>) {
+    let (dir, _config, geo) = common::fixture_geo();
+    let rules = Arc::new(load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules"));
+    (dir, geo, rules)
+}
+
+/// `count` generated attempts (100 events/s of event time), parsed.
+fn generated(count: u64, seed: u64) -> Vec<Event> {
+    let hasher = CodeHasher::with_key(b"engine-test-key");
+    kamiguard::pipeline::generate::generate(count, seed, 100)
+        .lines()
+        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
+        .collect()
+}
+
 fn attempt(id: &str, second: u32, ip: &str) -> Event {
     let line = format!(
         r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"0011223344"}},"account":{{"id":"u"}},"ip":"{ip}"}}"#,
@@ -108,18 +125,13 @@ fn a_late_event_within_the_window_still_counts() {
 /// engine with every rule publishes, ids included.
 #[test]
 fn rules_split_by_home_key_decide_exactly_as_one_engine() {
-    let (_dir, _config, geo) = common::fixture_geo();
-    let rules = Arc::new(load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules"));
+    let (_dir, geo, rules) = shipped_rules();
     assert_eq!(
         rules.split_caveats(),
         Vec::<String>::new(),
         "the shipped pack splits cleanly"
     );
-    let hasher = CodeHasher::with_key(b"split-test-key");
-    let events: Vec<Event> = kamiguard::pipeline::generate::generate(30_000, 5, 100)
-        .lines()
-        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
-        .collect();
+    let events = generated(30_000, 5);
     let json = |out: &[kamiguard::decision::Decision]| -> Vec<String> {
         let mut v: Vec<String> = out.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
         v.sort();
@@ -295,13 +307,8 @@ score = 50
 /// one: a hint that must change nothing, redeliveries included.
 #[test]
 fn prefetching_the_next_attempt_changes_no_decision() {
-    let (_dir, _config, geo) = common::fixture_geo();
-    let rules = Arc::new(load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules"));
-    let hasher = CodeHasher::with_key(b"prefetch-test-key");
-    let mut events: Vec<Event> = kamiguard::pipeline::generate::generate(20_000, 7, 100)
-        .lines()
-        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
-        .collect();
+    let (_dir, geo, rules) = shipped_rules();
+    let mut events = generated(20_000, 7);
     // Redeliveries, some right after the original: the prefetched attempt
     // is then the one just decided.
     for i in (0..events.len()).step_by(97).rev() {

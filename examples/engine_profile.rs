@@ -9,8 +9,8 @@
 //! ids to keep. Prints, per run, the time to parse every line alone, to parse
 //! and process every line (streaming, as `replay` does), and to drop the
 //! engine with its state; then the medians and the engine's share. `ahead`
-//! (the default) decides each event once the next is parsed, prefetching the
-//! next one's state, as `replay` does; `plain` decides each as it is parsed.
+//! (the default) decides each event once the next is parsed and prepared
+//! (its keys hashed, its state prefetched), as `replay` does; `plain` decides each as it is parsed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,13 +75,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let e = parse(line, &hasher)?;
             if !ahead {
                 engine.process(&e, &mut out);
-            } else if let Some(previous) = current.replace(e) {
-                engine.process_ahead(&previous, current.as_ref(), &mut out);
+            } else {
+                let prepared = engine.prepare(&e);
+                if let Some((previous, p)) = current.replace((e, prepared)) {
+                    engine.process_prepared(&previous, &p, &mut out);
+                }
             }
             out.clear();
         }
-        if let Some(last) = current {
-            engine.process(&last, &mut out);
+        if let Some((last, p)) = current {
+            engine.process_prepared(&last, &p, &mut out);
         }
         both_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();

@@ -282,6 +282,7 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Key hashes of one attempt, computed once and shared by every rule.
+#[derive(Debug, Clone, Copy)]
 struct Keys {
     card: u64,
     account: u64,
@@ -302,6 +303,14 @@ impl Keys {
             KeyName::Asn => self.asn,
         }
     }
+}
+
+/// An attempt's hashed keys from [`Engine::prepare`], for
+/// [`Engine::process_prepared`] to reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    id: u64,
+    keys: Keys,
 }
 
 impl Engine {
@@ -415,14 +424,51 @@ impl Engine {
     /// where accounts are home, card memory where cards are, and an event id
     /// counts once per home.
     pub fn process_for(&self, e: &Event, home: Option<KeyName>, out: &mut Vec<Decision>) -> Verdict {
-        let id_key = match home {
+        let id = match home {
             None => key_of(e.event_id.as_ref()),
             Some(h) => key_of(&(h, e.event_id.as_ref())),
         };
+        self.decide_hashed(e, home, id, self.keys(e), out)
+    }
+
+    /// Hashes `e`'s keys and asks the CPU to start loading the state that
+    /// [`Engine::process_prepared`] will read for it: the control bytes and
+    /// first slot of the dedup set, of every threshold and quota store, and
+    /// of account and card memory. A caller that holds the next attempt
+    /// while it decides this one (replay) prepares the next first, so those
+    /// loads overlap this attempt's work instead of each lookup waiting for
+    /// memory in turn. Changes no state.
+    pub fn prepare(&self, e: &Event) -> Prepared {
+        let prepared = Prepared {
+            id: key_of(e.event_id.as_ref()),
+            keys: self.keys(e),
+        };
+        self.prefetch(e, &prepared);
+        prepared
+    }
+
+    /// [`Engine::process`] for `e`, reusing the key hashes of
+    /// [`Engine::prepare`] (which must have been given this `e`); the result
+    /// is the same as `process`.
+    pub fn process_prepared(&self, e: &Event, prepared: &Prepared, out: &mut Vec<Decision>) -> Verdict {
+        debug_assert_eq!(prepared.id, key_of(e.event_id.as_ref()), "prepared for another attempt");
+        self.decide_hashed(e, None, prepared.id, prepared.keys, out)
+    }
+
+    /// The work of [`Engine::process_for`] once the event id and the keys
+    /// (all but `asn`, which needs the geo lookup) are hashed.
+    fn decide_hashed(
+        &self,
+        e: &Event,
+        home: Option<KeyName>,
+        id: u64,
+        mut keys: Keys,
+        out: &mut Vec<Decision>,
+    ) -> Verdict {
         let first = {
             // A std Mutex: nothing awaits while it is held, and it is held for one insert.
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.first_time(id_key, e.ts_ms)
+            seen.first_time(id, e.ts_ms)
         };
         if !first {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +484,7 @@ impl Engine {
             Some(ip) if needs.any() => self.geo.lookup(ip, needs),
             _ => Default::default(),
         };
-        let keys = self.keys(e, geo.asn);
+        keys.asn = geo.asn.map(|a| key_of(&a));
         let serves = |k: KeyName| home.is_none_or(|h| h == k);
         let memory = if rules.needs_account_memory && serves(KeyName::Account) {
             self.accounts.read(keys.account, Clone::clone)
@@ -462,36 +508,25 @@ impl Engine {
         Verdict::Processed
     }
 
-    /// [`Engine::process`] for `e`, having first asked the CPU to start
-    /// loading the state that `process` will read for `next`, the attempt
-    /// after it: the loads of that state then overlap this attempt's work
-    /// instead of each lookup waiting for memory in turn. For callers that
-    /// already hold the next attempt (replay); the result is the same as
-    /// `process` alone.
-    pub fn process_ahead(&self, e: &Event, next: Option<&Event>, out: &mut Vec<Decision>) -> Verdict {
-        if let Some(next) = next {
-            self.prefetch(next);
-        }
-        self.process(e, out)
-    }
-
-    /// Prefetches the dedup set's and the stores' lines for `e` (as
-    /// [`Engine::process`], every home), changing nothing. Keys that need
-    /// the attempt's geo lookup (`asn`) are left out.
-    fn prefetch(&self, e: &Event) {
+    /// Prefetches the lines [`Engine::decide_hashed`] reads first for a
+    /// prepared attempt (as [`Engine::process`], every home). Stores keyed by
+    /// `asn` are left out: that key needs the attempt's geo lookup.
+    fn prefetch(&self, e: &Event, prepared: &Prepared) {
+        let keys = &prepared.keys;
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .prefetch(key_of(e.event_id.as_ref()));
+            .prefetch(prepared.id);
         let loaded = self.loaded();
         let rules = &*loaded.rules;
-        let keys = self.keys(e, None);
         for (rule, state) in rules.rules.iter().zip(&loaded.states) {
             let group_by = match &rule.kind {
                 CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => *group_by,
                 CompiledKind::Match => continue,
             };
-            let Some(key) = keys.get(group_by) else { continue };
+            let Some(key) = keys.get(group_by).filter(|_| rule.filter.may_match(e)) else {
+                continue;
+            };
             match state {
                 RuleState::Sums(store) => store.prefetch(key),
                 RuleState::Distincts(store) => store.prefetch(key),
@@ -526,7 +561,10 @@ impl Engine {
             ),
             _ => Default::default(),
         };
-        let keys = self.keys(e, geo.asn);
+        let keys = Keys {
+            asn: geo.asn.map(|a| key_of(&a)),
+            ..self.keys(e)
+        };
         let facts = Facts {
             geo,
             ..Facts::default()
@@ -544,7 +582,9 @@ impl Engine {
         *self.routed_homes.write().unwrap_or_else(|p| p.into_inner()) = homes;
     }
 
-    fn keys(&self, e: &Event, asn: Option<u32>) -> Keys {
+    /// The attempt's key hashes; `asn` is left for the caller, who knows
+    /// whether the geo lookup is needed.
+    fn keys(&self, e: &Event) -> Keys {
         let ip_prefix = e.ip.map(|ip| {
             let len = match ip {
                 IpAddr::V4(_) => self.config.ipv4_prefix_len,
@@ -561,7 +601,7 @@ impl Engine {
             device: e.device.fingerprint.as_deref().map(key_of),
             ip: e.ip.map(|ip| key_of(&ip)),
             ip_prefix,
-            asn: asn.map(|a| key_of(&a)),
+            asn: None,
         }
     }
 

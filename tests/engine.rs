@@ -325,10 +325,15 @@ fn prefetching_the_next_attempt_changes_no_decision() {
 
     let ahead = Engine::new(rules, geo, EngineConfig::default()).expect("engine");
     let mut got = Vec::new();
+    let mut prepared: Vec<_> = events.iter().map(|e| ahead.prepare(e)).take(1).collect();
     let ahead_verdicts: Vec<Verdict> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| ahead.process_ahead(e, events.get(i + 1), &mut got))
+        .map(|(i, e)| {
+            // The next attempt is prepared before this one is decided, as replay does.
+            prepared.extend(events.get(i + 1).map(|n| ahead.prepare(n)));
+            ahead.process_prepared(e, &prepared[i], &mut got)
+        })
         .collect();
 
     assert!(expected.len() > 50, "the traffic makes decisions: {}", expected.len());

@@ -14,7 +14,7 @@ use std::io::{self, BufRead, Write};
 use indicatif::ProgressBar;
 
 use crate::decision::Decision;
-use crate::engine::{Engine, Verdict};
+use crate::engine::{Engine, Prepared, Verdict};
 use crate::event::{self, CodeHasher, Event};
 
 /// Most bad lines kept with their message for the summary; the rest are counted.
@@ -91,11 +91,11 @@ pub fn replay<R: BufRead>(
     let mut last_ts = i64::MIN;
     let mut in_order = true;
     let mut duplicates = 0;
-    // Each event is decided once the next one is parsed, so the engine can
-    // prefetch the next one's state while it decides this one.
-    let mut current: Option<Event> = None;
-    let mut decide = |e: &Event, next: Option<&Event>, held: &mut Vec<Decision>| {
-        if engine.process_ahead(e, next, held) == Verdict::Duplicate {
+    // Each event is decided once the next one is parsed and prepared, so the
+    // next one's state loads while the engine decides this one.
+    let mut current: Option<(Event, Prepared)> = None;
+    let mut decide = |(e, prepared): (Event, Prepared), held: &mut Vec<Decision>| {
+        if engine.process_prepared(&e, &prepared, held) == Verdict::Duplicate {
             duplicates += 1;
         }
     };
@@ -105,13 +105,14 @@ pub fn replay<R: BufRead>(
             return false;
         }
         last_ts = e.ts_ms;
-        if let Some(previous) = current.replace(e) {
-            decide(&previous, current.as_ref(), &mut held);
+        let prepared = engine.prepare(&e);
+        if let Some(previous) = current.replace((e, prepared)) {
+            decide(previous, &mut held);
         }
         true
     })?;
     if let Some(last) = current.filter(|_| in_order) {
-        decide(&last, None, &mut held);
+        decide(last, &mut held);
     }
     if in_order {
         summary.duplicates += duplicates;
@@ -202,8 +203,12 @@ pub fn run_events(
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> io::Result<Vec<Decision>> {
     let mut decisions = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        if engine.process_ahead(e, events.get(i + 1), &mut decisions) == Verdict::Duplicate {
+    // As in `replay`: the next event is prepared before this one is decided.
+    let mut prepared = events.iter().map(|e| (e, engine.prepare(e)));
+    let mut current = prepared.next();
+    while let Some((e, this)) = current {
+        current = prepared.next();
+        if engine.process_prepared(e, &this, &mut decisions) == Verdict::Duplicate {
             summary.duplicates += 1;
         }
     }

@@ -205,8 +205,19 @@ impl<V: LastSeen> KeyedStore<V> {
 pub(crate) fn prefetch_probe<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
     let start = (hash as usize) & (table.buckets() - 1);
     let end = table.data_end().as_ptr();
-    prefetch(end.cast::<u8>().wrapping_add(start));
-    prefetch(end.wrapping_sub(start + 1).cast::<u8>());
+    let ctrl = end.cast::<u8>().wrapping_add(start);
+    prefetch(ctrl);
+    prefetch(ctrl.wrapping_add(15));
+    // The slot where the probe starts and the one after it (an insert takes
+    // the first free slot, often the next), line by line.
+    let low = end.wrapping_sub(start + 2).cast::<u8>();
+    let high = end.wrapping_sub(start).cast::<u8>();
+    let mut at = low;
+    while at < high {
+        prefetch(at);
+        at = at.wrapping_add(64);
+    }
+    prefetch(high.wrapping_sub(1));
 }
 
 /// A prefetch hint for the line holding `at`.

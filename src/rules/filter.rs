@@ -69,7 +69,10 @@ fn equals<T: PartialEq>(want: Option<T>, v: Option<T>) -> bool {
 }
 
 impl Filter {
-    /// Whether `event` (with `facts`) passes every condition.
+    /// Whether `event` (with `facts`) passes every condition. Inlined into
+    /// the engine's loop over rules, where it runs once per rule per attempt;
+    /// the rare `exclude` goes through a call.
+    #[inline]
     pub fn matches(&self, e: &Event, f: &Facts) -> bool {
         let passes = self.fields_pass(e, f.account_age_ms)
             && (self.ip_countries.is_empty() || f.geo.country.is_some_and(|c| self.ip_countries.contains(&c)))
@@ -80,7 +83,12 @@ impl Filter {
             && equals(self.bound_to_other_account, Some(f.bound_to_other_account))
             && at_least(self.min_distance_km, f.distance_km)
             && at_least(self.min_speed_kmh, f.speed_kmh);
-        passes && !self.exclude.as_ref().is_some_and(|x| x.matches(e, f))
+        passes && !self.exclude.as_ref().is_some_and(|x| x.excludes(e, f))
+    }
+
+    #[inline(never)]
+    fn excludes(&self, e: &Event, f: &Facts) -> bool {
+        self.matches(e, f)
     }
 
     /// Whether the attempt could pass, judged on its own fields alone:
@@ -92,6 +100,7 @@ impl Filter {
 
     /// The conditions on the attempt's own fields (`account_age_ms` is
     /// derived from them).
+    #[inline]
     fn fields_pass(&self, e: &Event, account_age_ms: Option<i64>) -> bool {
         in_mask(self.kinds, Kind::ALL, Some(e.kind))
             && in_mask(self.outcomes, Outcome::ALL, Some(e.outcome))

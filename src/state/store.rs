@@ -197,21 +197,25 @@ impl<V: LastSeen> KeyedStore<V> {
     }
 }
 
-/// Prefetches the lines a lookup of `hash` in `table` reads first: the
-/// control bytes where its probe starts and the slot they stand for. By
+/// Prefetches the lines a lookup of `hash` in `table` reads first: the 16
+/// control bytes where its probe starts, and the slots they stand for. By
 /// hashbrown's layout, the slots end where the control bytes begin, slot `i`
 /// is the `i + 1`-th before that point, and a probe starts at
 /// `hash & (buckets - 1)`.
+///
+/// The slots are the one where the probe starts and the three after it, at
+/// most four cache lines: a lookup usually finds its key there, and an
+/// insert takes the first free slot of the group, often one of those. Fewer
+/// (two slots) or more (eight, or four without the cap) measured slower on
+/// the million (BENCHMARKS.md, Session 6).
 pub(crate) fn prefetch_probe<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
     let start = (hash as usize) & (table.buckets() - 1);
     let end = table.data_end().as_ptr();
     let ctrl = end.cast::<u8>().wrapping_add(start);
     prefetch(ctrl);
     prefetch(ctrl.wrapping_add(15));
-    // The slot where the probe starts and the one after it (an insert takes
-    // the first free slot, often the next), line by line.
-    let low = end.wrapping_sub(start + 2).cast::<u8>();
     let high = end.wrapping_sub(start).cast::<u8>();
+    let low = end.wrapping_sub(start + 4).cast::<u8>().max(high.wrapping_sub(256));
     let mut at = low;
     while at < high {
         prefetch(at);

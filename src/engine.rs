@@ -250,6 +250,9 @@ pub struct EngineStats {
 struct Loaded {
     rules: Arc<RuleSet>,
     states: Vec<RuleState>,
+    /// Counts rule sets swapped in, so that what was prepared for one is
+    /// never applied to the next.
+    generation: u64,
 }
 
 pub struct Engine {
@@ -311,6 +314,10 @@ impl Keys {
 pub struct Prepared {
     id: u64,
     keys: Keys,
+    /// Which rules' filters pass the attempt's own fields (bit `i` for rule
+    /// `i`), for the rule set of `generation`; `None` past 64 rules.
+    fields: Option<u64>,
+    generation: u64,
 }
 
 impl Engine {
@@ -325,7 +332,11 @@ impl Engine {
         let clock = EventClock::default();
         let states = rules.rules.iter().map(|r| new_state(r, &clock, &budget)).collect();
         Ok(Engine {
-            loaded: RwLock::new(Loaded { rules, states }),
+            loaded: RwLock::new(Loaded {
+                rules,
+                states,
+                generation: 0,
+            }),
             global_allow: RwLock::new(Allow::default()),
             routed_homes: RwLock::new(None),
             geo,
@@ -399,7 +410,11 @@ impl Engine {
             fresh: rules.rules.len() - kept,
             dropped: by_version.len(),
         };
-        *loaded = Loaded { rules, states };
+        *loaded = Loaded {
+            rules,
+            states,
+            generation: loaded.generation + 1,
+        };
         Ok(replaced)
     }
 
@@ -428,7 +443,7 @@ impl Engine {
             None => key_of(e.event_id.as_ref()),
             Some(h) => key_of(&(h, e.event_id.as_ref())),
         };
-        self.decide_hashed(e, home, id, self.keys(e), out)
+        self.decide_hashed(e, home, id, self.keys(e), None, out)
     }
 
     /// Hashes `e`'s keys and asks the CPU to start loading the state that
@@ -439,11 +454,21 @@ impl Engine {
     /// loads overlap this attempt's work instead of each lookup waiting for
     /// memory in turn. Changes no state.
     pub fn prepare(&self, e: &Event) -> Prepared {
+        let loaded = self.loaded();
+        let rules = &loaded.rules.rules;
+        let fields = (rules.len() <= 64).then(|| {
+            rules
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, r)| m | (r.filter.may_match(e) as u64) << i)
+        });
         let prepared = Prepared {
             id: key_of(e.event_id.as_ref()),
             keys: self.keys(e),
+            fields,
+            generation: loaded.generation,
         };
-        self.prefetch(e, &prepared);
+        self.prefetch(&loaded, &prepared);
         prepared
     }
 
@@ -452,17 +477,20 @@ impl Engine {
     /// is the same as `process`.
     pub fn process_prepared(&self, e: &Event, prepared: &Prepared, out: &mut Vec<Decision>) -> Verdict {
         debug_assert_eq!(prepared.id, key_of(e.event_id.as_ref()), "prepared for another attempt");
-        self.decide_hashed(e, None, prepared.id, prepared.keys, out)
+        self.decide_hashed(e, None, prepared.id, prepared.keys, Some(prepared), out)
     }
 
     /// The work of [`Engine::process_for`] once the event id and the keys
-    /// (all but `asn`, which needs the geo lookup) are hashed.
+    /// (all but `asn`, which needs the geo lookup) are hashed, reusing the
+    /// filters' verdicts on the attempt's fields from `prepared` when it was
+    /// prepared for the rule set in force.
     fn decide_hashed(
         &self,
         e: &Event,
         home: Option<KeyName>,
         id: u64,
         mut keys: Keys,
+        prepared: Option<&Prepared>,
         out: &mut Vec<Decision>,
     ) -> Verdict {
         let first = {
@@ -493,10 +521,17 @@ impl Engine {
         };
         let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
 
+        let fields = prepared
+            .filter(|p| p.generation == loaded.generation)
+            .and_then(|p| p.fields);
         let before = out.len();
         let global = self.global_allow.read().unwrap_or_else(|p| p.into_inner());
-        for (rule, state) in rules.rules.iter().zip(&loaded.states) {
-            if !serves(rule.home) || !rule.filter.matches(e, &facts) || self.allowed(rule, e, &keys, &global) {
+        for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
+            let passes = match fields {
+                Some(mask) => mask >> i & 1 == 1 && rule.filter.facts_pass(e, &facts),
+                None => rule.filter.matches(e, &facts),
+            };
+            if !serves(rule.home) || !passes || self.allowed(rule, e, &keys, &global) {
                 continue;
             }
             if let Some(d) = self.evaluate(rule, state, e, &keys, &facts) {
@@ -511,20 +546,23 @@ impl Engine {
     /// Prefetches the lines [`Engine::decide_hashed`] reads first for a
     /// prepared attempt (as [`Engine::process`], every home). Stores keyed by
     /// `asn` are left out: that key needs the attempt's geo lookup.
-    fn prefetch(&self, e: &Event, prepared: &Prepared) {
+    fn prefetch(&self, loaded: &Loaded, prepared: &Prepared) {
         let keys = &prepared.keys;
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .prefetch(prepared.id);
-        let loaded = self.loaded();
         let rules = &*loaded.rules;
-        for (rule, state) in rules.rules.iter().zip(&loaded.states) {
+        for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
             let group_by = match &rule.kind {
                 CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => *group_by,
                 CompiledKind::Match => continue,
             };
-            let Some(key) = keys.get(group_by).filter(|_| rule.filter.may_match(e)) else {
+            // A rule whose filter the attempt's fields fail will not read its state.
+            let Some(key) = keys
+                .get(group_by)
+                .filter(|_| prepared.fields.is_none_or(|m| m >> i & 1 == 1))
+            else {
                 continue;
             };
             match state {

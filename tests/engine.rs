@@ -303,8 +303,9 @@ score = 50
     assert_eq!(out[0].sample_event_ids, ["s-3"]);
 }
 
-/// Replay prefetches the next attempt's state while it decides the current
-/// one: a hint that must change nothing, redeliveries included.
+/// Replay prepares the next attempt (hashes its keys, judges the filters on
+/// its own fields, prefetches its state) while it decides the current one:
+/// that must change nothing, redeliveries included.
 #[test]
 fn prefetching_the_next_attempt_changes_no_decision() {
     let (_dir, geo, rules) = shipped_rules();
@@ -341,4 +342,38 @@ fn prefetching_the_next_attempt_changes_no_decision() {
     assert_eq!(ahead_verdicts, plain_verdicts);
     assert_eq!(json(&got), json(&expected));
     assert_eq!(ahead.stats(), plain.stats());
+}
+
+/// What `prepare` judged of an attempt under one rule set is not applied
+/// under the next: rules reloaded between preparing an attempt and deciding
+/// it decide it as they now read.
+#[test]
+fn an_attempt_prepared_before_a_reload_is_decided_by_the_new_rules() {
+    let match_rule = |kind: &str| {
+        let toml = format!(
+            "[[rule]]\nid = \"watch\"\nkind = \"match\"\nfilter = {{ kind = [\"{kind}\"] }}\naction = \"review\"\nscore = 10\n"
+        );
+        Arc::new(compile_sources(&[("t.toml".into(), toml)], Default::default()).expect("rules"))
+    };
+    let engine = Engine::new(
+        match_rule("activation"),
+        Arc::new(GeoDatabases::default()),
+        EngineConfig::default(),
+    )
+    .expect("engine");
+    let (first, second) = (attempt("a-1", 0, "10.0.0.1"), attempt("a-2", 1, "10.0.0.2"));
+    let mut out = Vec::new();
+
+    // Under the first rules a redemption passes no filter; the first attempt
+    // is decided under them.
+    let prepared = engine.prepare(&first);
+    engine.process_prepared(&first, &prepared, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+
+    // The second is prepared under the first rules, decided under the new.
+    let prepared = engine.prepare(&second);
+    engine.replace_rules(match_rule("redemption")).expect("reload");
+    engine.process_prepared(&second, &prepared, &mut out);
+    assert_eq!(out.len(), 1, "the reloaded rule reviews the redemption: {out:?}");
+    assert_eq!(out[0].trigger_event_id, "a-2");
 }

@@ -74,8 +74,14 @@ impl Filter {
     /// the rare `exclude` goes through a call.
     #[inline]
     pub fn matches(&self, e: &Event, f: &Facts) -> bool {
-        let passes = self.fields_pass(e, f.account_age_ms)
-            && (self.ip_countries.is_empty() || f.geo.country.is_some_and(|c| self.ip_countries.contains(&c)))
+        self.fields_pass(e, f.account_age_ms) && self.facts_pass(e, f)
+    }
+
+    /// [`Filter::matches`] for an attempt already known to pass
+    /// [`Filter::may_match`]: the conditions on facts, and the exclusion.
+    #[inline]
+    pub fn facts_pass(&self, e: &Event, f: &Facts) -> bool {
+        let passes = (self.ip_countries.is_empty() || f.geo.country.is_some_and(|c| self.ip_countries.contains(&c)))
             && (self.asns.is_empty() || f.geo.asn.is_some_and(|a| self.asns.contains(&a)))
             && (self.network == 0 || f.geo.network.0 & self.network != 0)
             && equals(self.country_mismatch, country_mismatch(e, f))

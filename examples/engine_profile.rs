@@ -10,7 +10,8 @@
 //! and process every line (streaming, as `replay` does), and to drop the
 //! engine with its state; then the medians and the engine's share. `ahead`
 //! (the default) decides each event once the next is parsed and prepared
-//! (its keys hashed, its state prefetched), as `replay` does; `plain` decides each as it is parsed.
+//! (its keys hashed, the filters judged on its fields, its state
+//! prefetched), as `replay` does; `plain` decides each as it is parsed.
 
 use std::sync::Arc;
 use std::time::Instant;

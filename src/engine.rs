@@ -308,7 +308,8 @@ impl Keys {
     }
 }
 
-/// An attempt's hashed keys from [`Engine::prepare`], for
+/// What [`Engine::prepare`] worked out for an attempt ahead of deciding it
+/// (its key hashes, and which filters its own fields pass), for
 /// [`Engine::process_prepared`] to reuse.
 #[derive(Debug, Clone, Copy)]
 pub struct Prepared {
@@ -446,13 +447,14 @@ impl Engine {
         self.decide_hashed(e, home, id, self.keys(e), None, out)
     }
 
-    /// Hashes `e`'s keys and asks the CPU to start loading the state that
-    /// [`Engine::process_prepared`] will read for it: the control bytes and
-    /// first slot of the dedup set, of every threshold and quota store, and
-    /// of account and card memory. A caller that holds the next attempt
-    /// while it decides this one (replay) prepares the next first, so those
-    /// loads overlap this attempt's work instead of each lookup waiting for
-    /// memory in turn. Changes no state.
+    /// Hashes `e`'s keys, judges every rule's filter on `e`'s own fields,
+    /// and asks the CPU to start loading the state that
+    /// [`Engine::process_prepared`] will read for it: the first lines of the
+    /// dedup set's probe, of the store of every threshold and quota rule the
+    /// fields pass, and of account and card memory. A caller that holds the
+    /// next attempt while it decides this one (replay) prepares the next
+    /// first, so those loads overlap this attempt's work instead of each
+    /// lookup waiting for memory in turn. Changes no state.
     pub fn prepare(&self, e: &Event) -> Prepared {
         let loaded = self.loaded();
         let rules = &loaded.rules.rules;
@@ -472,9 +474,9 @@ impl Engine {
         prepared
     }
 
-    /// [`Engine::process`] for `e`, reusing the key hashes of
-    /// [`Engine::prepare`] (which must have been given this `e`); the result
-    /// is the same as `process`.
+    /// [`Engine::process`] for `e`, reusing what [`Engine::prepare`] (which
+    /// must have been given this `e`) worked out; the result is the same as
+    /// `process`, rules reloaded in between included.
     pub fn process_prepared(&self, e: &Event, prepared: &Prepared, out: &mut Vec<Decision>) -> Verdict {
         debug_assert_eq!(prepared.id, key_of(e.event_id.as_ref()), "prepared for another attempt");
         self.decide_hashed(e, None, prepared.id, prepared.keys, Some(prepared), out)

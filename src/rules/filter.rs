@@ -92,6 +92,7 @@ impl Filter {
         passes && !self.exclude.as_ref().is_some_and(|x| x.excludes(e, f))
     }
 
+    /// The exclusion's match, kept out of line: few filters have one.
     #[inline(never)]
     fn excludes(&self, e: &Event, f: &Facts) -> bool {
         self.matches(e, f)

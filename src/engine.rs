@@ -321,6 +321,13 @@ pub struct Prepared {
     generation: u64,
 }
 
+impl Prepared {
+    /// Whether rule `i`'s filter passes the attempt's own fields, if judged.
+    fn fields_pass(&self, i: usize) -> Option<bool> {
+        self.fields.map(|m| m >> i & 1 == 1)
+    }
+}
+
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, geo: Arc<GeoDatabases>, config: EngineConfig) -> Result<Engine, EngineError> {
         check_geo(&rules, &geo)?;
@@ -523,14 +530,12 @@ impl Engine {
         };
         let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
 
-        let fields = prepared
-            .filter(|p| p.generation == loaded.generation)
-            .and_then(|p| p.fields);
+        let prepared = prepared.filter(|p| p.generation == loaded.generation);
         let before = out.len();
         let global = self.global_allow.read().unwrap_or_else(|p| p.into_inner());
         for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
-            let passes = match fields {
-                Some(mask) => mask >> i & 1 == 1 && rule.filter.facts_pass(e, &facts),
+            let passes = match prepared.and_then(|p| p.fields_pass(i)) {
+                Some(fields) => fields && rule.filter.facts_pass(e, &facts),
                 None => rule.filter.matches(e, &facts),
             };
             if !serves(rule.home) || !passes || self.allowed(rule, e, &keys, &global) {
@@ -561,10 +566,7 @@ impl Engine {
                 CompiledKind::Match => continue,
             };
             // A rule whose filter the attempt's fields fail will not read its state.
-            let Some(key) = keys
-                .get(group_by)
-                .filter(|_| prepared.fields.is_none_or(|m| m >> i & 1 == 1))
-            else {
+            let Some(key) = keys.get(group_by).filter(|_| prepared.fields_pass(i) != Some(false)) else {
                 continue;
             };
             match state {

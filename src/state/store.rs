@@ -155,9 +155,9 @@ impl<V: LastSeen> KeyedStore<V> {
     }
 
     /// Asks the CPU to start loading the cache lines a lookup of `key` will
-    /// read first (see [`prefetch_probe`]), so that the lookup, made a little
-    /// later, does not wait for memory. Only a hint: it changes no state and
-    /// cannot fail.
+    /// read first (the control bytes and the first slots of its probe), so
+    /// that the lookup, made a little later, does not wait for memory. Only a
+    /// hint: it changes no state and cannot fail.
     pub fn prefetch(&self, key: u64) {
         let shard = &self.map.shards()[self.map.determine_shard(key as usize)];
         // A shard being written is skipped rather than waited for.

@@ -156,7 +156,7 @@ impl Metrics {
             ),
             geo_records: counter(
                 "geo_records_total",
-                "Geo lookups by database and result: kept (answered from a recently decoded record) or decoded.",
+                "Geo lookups by database and result: kept (answered from a recently decoded record) or decoded; database=addresses counts whole lookups answered by a recently seen address.",
                 &["database", "result"],
             ),
             reloads: counter(

@@ -150,30 +150,36 @@ struct AnonymousRecord {
 /// One open database and the records it decoded last.
 struct Database<T> {
     reader: Reader<Vec<u8>>,
-    recent: Recent<T>,
+    recent: Recent<usize, T>,
 }
 
-/// Decoded records by their offset in a database's data section, in a
-/// direct-mapped table. Many networks share one record (every address of a
-/// city shares the city's), and decoding a record is most of a lookup's cost
-/// (a City record carries names in many languages that are skipped field by
-/// field), so recently decoded ones are kept, in their few facts.
-struct Recent<T> {
-    table: Mutex<Table<T>>,
+/// Recently worked-out facts by key, in a direct-mapped table: a key's slot
+/// holds the last key that landed there. Two layers use it:
+///
+/// - per database, decoded records by their offset in its data section. Many
+///   networks share one record (every address of a city shares the city's),
+///   and decoding a record is most of a database lookup's cost (a City record
+///   carries names in many languages that are skipped field by field);
+/// - in front of the databases, whole lookups by address and the databases
+///   asked. Traffic repeats addresses (a user's home, a carrier's NAT, an
+///   attacker's proxy), and an address answered here skips the walk down
+///   every database's search tree.
+struct Recent<K, T> {
+    table: Mutex<Table<K, T>>,
 }
 
-struct Table<T> {
-    slots: Vec<Option<(usize, T)>>,
-    /// Lookups answered from a kept record, and records decoded.
+struct Table<K, T> {
+    slots: Vec<Option<(K, T)>>,
+    /// Lookups answered from a kept entry, and entries worked out.
     kept: u64,
     decoded: u64,
 }
 
-/// Slots per database: 4,096 records (well under 1 MiB for all three).
+/// Slots per table: 4,096 entries (well under 1 MiB for all four).
 const RECENT_SLOTS: usize = 4096;
 
-impl<T: Copy> Recent<T> {
-    fn new() -> Recent<T> {
+impl<K: Copy + PartialEq, T: Copy> Recent<K, T> {
+    fn new() -> Recent<K, T> {
         Recent {
             table: Mutex::new(Table {
                 slots: vec![None; RECENT_SLOTS],
@@ -183,15 +189,16 @@ impl<T: Copy> Recent<T> {
         }
     }
 
-    /// The facts of the record at `offset`, decoded by `decode` when not kept.
-    fn get_or(&self, offset: usize, decode: impl FnOnce() -> T) -> T {
-        let slot = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - RECENT_SLOTS.trailing_zeros());
+    /// The facts for `key`, worked out by `decode` when not kept. `hash`
+    /// spreads keys over the slots: any mix of the key's bits.
+    fn get_or(&self, key: K, hash: u64, decode: impl FnOnce() -> T) -> T {
+        let slot = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - RECENT_SLOTS.trailing_zeros())) as usize;
         // Held for a read or a write, never while decoding; nothing panics under it.
         let lock = || self.table.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut table = lock();
             if let Some((at, facts)) = table.slots[slot] {
-                if at == offset {
+                if at == key {
                     table.kept += 1;
                     return facts;
                 }
@@ -199,7 +206,7 @@ impl<T: Copy> Recent<T> {
         }
         let facts = decode();
         let mut table = lock();
-        table.slots[slot] = Some((offset, facts));
+        table.slots[slot] = Some((key, facts));
         table.decoded += 1;
         facts
     }
@@ -221,7 +228,7 @@ impl<T: Copy + Default> Database<T> {
         let Some(offset) = found.offset() else {
             return T::default();
         };
-        self.recent.get_or(offset, || {
+        self.recent.get_or(offset, offset as u64, || {
             found.decode::<R>().ok().flatten().map(from).unwrap_or_default()
         })
     }
@@ -231,11 +238,24 @@ impl<T: Copy + Default> Database<T> {
 type Place = (Option<Country>, Option<(f64, f64)>);
 
 /// The open databases.
-#[derive(Default)]
 pub struct GeoDatabases {
     city: Option<Database<Place>>,
     asn: Option<Database<Option<u32>>>,
     anonymous: Option<Database<NetworkFlags>>,
+    /// Whole lookups by address and the databases they asked.
+    addresses: Recent<(IpAddr, GeoNeeds), GeoFacts>,
+}
+
+impl Default for GeoDatabases {
+    /// No database open.
+    fn default() -> GeoDatabases {
+        GeoDatabases {
+            city: None,
+            asn: None,
+            anonymous: None,
+            addresses: Recent::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for GeoDatabases {
@@ -269,6 +289,7 @@ impl GeoDatabases {
             city: open("City", &config.city)?,
             asn: open("ASN", &config.asn)?,
             anonymous: open("Anonymous-IP", &config.anonymous)?,
+            addresses: Recent::new(),
         })
     }
 
@@ -280,23 +301,35 @@ impl GeoDatabases {
         }
     }
 
-    /// Looks `ip` up in the databases that `needs` asks for. A database error
-    /// on one record (corrupt data) is treated as "not known", never a panic.
     /// For each open database, how many lookups a kept record answered and
-    /// how many records were decoded: whether the kept records fit the traffic.
+    /// how many records were decoded; and for `addresses`, how many whole
+    /// lookups a kept address answered (they reach no database) and how many
+    /// went on to the databases: whether what is kept fits the traffic.
     pub fn record_counts(&self) -> Vec<(&'static str, u64, u64)> {
         let counts = |name, recent: Option<(u64, u64)>| recent.map(|(kept, decoded)| (name, kept, decoded));
+        let any_open = self.available().any();
         [
             counts("city", self.city.as_ref().map(|d| d.recent.counts())),
             counts("asn", self.asn.as_ref().map(|d| d.recent.counts())),
             counts("anonymous", self.anonymous.as_ref().map(|d| d.recent.counts())),
+            counts("addresses", any_open.then(|| self.addresses.counts())),
         ]
         .into_iter()
         .flatten()
         .collect()
     }
 
+    /// Looks `ip` up in the databases that `needs` asks for. A database error
+    /// on one record (corrupt data) is treated as "not known", never a panic.
     pub fn lookup(&self, ip: IpAddr, needs: GeoNeeds) -> GeoFacts {
+        self.addresses
+            .get_or((ip, needs), crate::state::store::key_of(&ip), || {
+                self.look_up(ip, needs)
+            })
+    }
+
+    /// [`GeoDatabases::lookup`] without the kept addresses.
+    fn look_up(&self, ip: IpAddr, needs: GeoNeeds) -> GeoFacts {
         let mut facts = GeoFacts::default();
         if let Some(db) = self.city.as_ref().filter(|_| needs.city) {
             (facts.country, facts.location) = db.facts(ip, |rec: CityRecord<'_>| {
@@ -352,29 +385,49 @@ mod tests {
     }
 
     #[test]
-    fn kept_records_answer_for_their_own_network_only() {
+    fn kept_records_and_addresses_answer_only_for_themselves() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = crate::demo::geo::write_geo_fixtures(dir.path()).expect("fixtures");
         let geo = GeoDatabases::open(&config).expect("open");
         let all = geo.available();
         let country = |ip: &str| geo.lookup(ip.parse().expect("ip"), all).country.map(|c| c.to_string());
-        // Each city twice, interleaved: the second answer comes from the kept record.
-        for _ in 0..2 {
-            assert_eq!(country("175.16.199.7").as_deref(), Some("CN"));
-            assert_eq!(country("198.51.100.7").as_deref(), Some("JP"));
-            assert_eq!(country("203.0.113.7").as_deref(), Some("US"));
-            assert_eq!(country("10.0.0.1"), None);
+        // Each city twice, interleaved, from another address of its network
+        // the second time: the second answer comes from the kept record.
+        for host in [7, 8] {
+            assert_eq!(country(&format!("175.16.199.{host}")).as_deref(), Some("CN"));
+            assert_eq!(country(&format!("198.51.100.{host}")).as_deref(), Some("JP"));
+            assert_eq!(country(&format!("203.0.113.{host}")).as_deref(), Some("US"));
+            assert_eq!(country(&format!("10.0.0.{host}")), None);
         }
-        let city = geo
-            .record_counts()
-            .into_iter()
-            .find(|(db, ..)| *db == "city")
-            .expect("city counts");
+        let counts = |name| {
+            geo.record_counts()
+                .into_iter()
+                .find(|(db, ..)| *db == name)
+                .expect("counts")
+        };
         assert_eq!(
-            city,
+            counts("city"),
             ("city", 3, 3),
             "three records decoded once, kept for the second pass"
         );
+        assert_eq!(counts("addresses"), ("addresses", 0, 8), "eight addresses, each new");
+
+        // The same addresses again: answered by address, no database asked.
+        for host in [7, 8] {
+            assert_eq!(country(&format!("203.0.113.{host}")).as_deref(), Some("US"));
+            assert_eq!(country(&format!("10.0.0.{host}")), None);
+        }
+        assert_eq!(counts("addresses"), ("addresses", 4, 8));
+        assert_eq!(counts("city"), ("city", 3, 3));
+        // Asked for fewer databases, an address is looked up again, and
+        // answers only what was asked.
+        let only_asn = GeoNeeds {
+            asn: true,
+            ..GeoNeeds::default()
+        };
+        let facts = geo.lookup("203.0.113.7".parse().expect("ip"), only_asn);
+        assert_eq!((facts.country, facts.location), (None, None));
+        assert_eq!(counts("addresses"), ("addresses", 4, 9));
         let hosting = geo.lookup("192.0.2.10".parse().expect("ip"), all).network;
         assert_ne!(hosting.0, 0, "the fixture marks 192.0.2.0/24 as hosting");
         assert_eq!(geo.lookup("175.16.199.7".parse().expect("ip"), all).network.0, 0);

@@ -1,10 +1,10 @@
 //! Keyed state in a `DashMap`, bounded by a shared key budget.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, SharedValue};
 
 /// The fixed-seed hasher that turns an attempt's values into state keys
 /// ([`key_of`]). Fixed seeds keep the keys, and so replay and eviction
@@ -109,13 +109,30 @@ pub trait LastSeen {
 #[derive(Debug)]
 pub struct KeyedStore<V> {
     map: DashMap<u64, V, TableHasher>,
+    /// Per shard, where its table lies, for [`KeyedStore::prefetch`].
+    layouts: Box<[Layout]>,
     budget: Arc<StateBudget>,
+}
+
+/// Where a shard's table lies: the end of its slots (where its control bytes
+/// begin) and its number of buckets. Published by every insert, the only
+/// write that moves a table, and read by [`KeyedStore::prefetch`] without
+/// the shard's lock: two plain loads where a shared lock takes two locked
+/// instructions, which measured a tenth of the engine's time (BENCHMARKS.md,
+/// Session 7). A prefetch that reads a layout a concurrent insert has just
+/// replaced hints at lines of the old table: a wasted hint, never a read.
+#[derive(Debug, Default)]
+struct Layout {
+    end: AtomicPtr<u8>,
+    buckets: AtomicUsize,
 }
 
 impl<V: LastSeen> KeyedStore<V> {
     pub fn new(budget: Arc<StateBudget>) -> KeyedStore<V> {
+        let map = DashMap::with_hasher(TableHasher::default());
         KeyedStore {
-            map: DashMap::with_hasher(TableHasher::default()),
+            layouts: map.shards().iter().map(|_| Layout::default()).collect(),
+            map,
             budget,
         }
     }
@@ -131,13 +148,23 @@ impl<V: LastSeen> KeyedStore<V> {
 
     /// As [`KeyedStore::with`], and tells `f` whether `init` just made the state.
     pub fn with_new<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V, bool) -> R) -> Option<R> {
-        // One probe whether the key is there or not: a flood of new keys (the
-        // common case under attack) pays for one lookup, not two.
-        match self.map.entry(key) {
-            dashmap::Entry::Occupied(mut e) => Some(f(e.get_mut(), false)),
-            dashmap::Entry::Vacant(v) => {
+        // The shard's table is used directly, as DashMap's own `entry` does,
+        // so that an insert can publish where the table now lies. One probe
+        // whether the key is there or not: a flood of new keys (the common
+        // case under attack) pays for one lookup, not two.
+        let shard = self.map.determine_shard(key as usize);
+        let mut table = self.map.shards()[shard].write();
+        // The key is its own hash (`PreHashed`), as DashMap hashes it.
+        let found = table.find_or_find_insert_slot(key, |(k, _)| *k == key, |(k, _)| *k);
+        // Finding a slot for a new key may have grown the table.
+        let layout = &self.layouts[shard];
+        layout.end.store(table.data_end().as_ptr().cast(), Ordering::Relaxed);
+        layout.buckets.store(table.buckets(), Ordering::Relaxed);
+        let (bucket, fresh) = match found {
+            Ok(bucket) => (bucket, false),
+            Err(slot) => {
                 if !self.budget.try_take() {
-                    drop(v);
+                    drop(table);
                     let hits = self.budget.note_cap_hit();
                     if hits.is_power_of_two() {
                         tracing::warn!(
@@ -148,10 +175,18 @@ impl<V: LastSeen> KeyedStore<V> {
                     }
                     return None;
                 }
-                let mut entry = v.insert(init());
-                Some(f(&mut entry, true))
+                // SAFETY: `slot` was just found for `key` in this table, under
+                // the write lock still held, with nothing inserted since.
+                #[allow(unsafe_code)]
+                let bucket = unsafe { table.insert_in_slot(key, slot, (key, SharedValue::new(init()))) };
+                (bucket, true)
             }
-        }
+        };
+        // SAFETY: `bucket` is a live slot of `table`, whose write lock is held
+        // for as long as the reference lives.
+        #[allow(unsafe_code)]
+        let value = unsafe { bucket.as_mut() }.1.get_mut();
+        Some(f(value, fresh))
     }
 
     /// Asks the CPU to start loading the cache lines a lookup of `key` will
@@ -159,12 +194,12 @@ impl<V: LastSeen> KeyedStore<V> {
     /// that the lookup, made a little later, does not wait for memory. Only a
     /// hint: it changes no state and cannot fail.
     pub fn prefetch(&self, key: u64) {
-        let shard = &self.map.shards()[self.map.determine_shard(key as usize)];
-        // A shard being written is skipped rather than waited for.
-        let Some(table) = shard.try_read() else {
-            return;
-        };
-        prefetch_probe(&table, key);
+        let layout = &self.layouts[self.map.determine_shard(key as usize)];
+        let buckets = layout.buckets.load(Ordering::Relaxed);
+        if buckets > 0 {
+            let end = layout.end.load(Ordering::Relaxed);
+            prefetch_probe_at(end, buckets, std::mem::size_of::<(u64, SharedValue<V>)>(), key);
+        }
     }
 
     /// Reads the state for `key`, if any.
@@ -209,13 +244,24 @@ impl<V: LastSeen> KeyedStore<V> {
 /// (two slots) or more (eight, or four without the cap) measured slower on
 /// the million (BENCHMARKS.md, Session 6).
 pub(crate) fn prefetch_probe<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
-    let start = (hash as usize) & (table.buckets() - 1);
-    let end = table.data_end().as_ptr();
-    let ctrl = end.cast::<u8>().wrapping_add(start);
+    prefetch_probe_at(
+        table.data_end().as_ptr().cast(),
+        table.buckets(),
+        std::mem::size_of::<T>(),
+        hash,
+    );
+}
+
+/// [`prefetch_probe`] for a table known by its layout: where its slots end,
+/// its number of buckets (a power of two) and the size of a slot. Only
+/// computes addresses and hints them: never reads through them.
+fn prefetch_probe_at(end: *const u8, buckets: usize, slot: usize, hash: u64) {
+    let start = (hash as usize) & (buckets - 1);
+    let ctrl = end.wrapping_add(start);
     prefetch(ctrl);
     prefetch(ctrl.wrapping_add(15));
-    let high = end.wrapping_sub(start).cast::<u8>();
-    let low = end.wrapping_sub(start + 4).cast::<u8>().max(high.wrapping_sub(256));
+    let high = end.wrapping_sub(start * slot);
+    let low = end.wrapping_sub((start + 4) * slot).max(high.wrapping_sub(256));
     let mut at = low;
     while at < high {
         prefetch(at);
@@ -269,6 +315,34 @@ mod tests {
         assert_eq!(stats.cap_hits, 7);
         // existing keys still update at the cap
         assert_eq!(store.with(1, || V(0), |v| v.0), Some(1));
+    }
+
+    #[test]
+    fn concurrent_updates_and_prefetches_lose_nothing() {
+        // Two writers add to the same keys while a third thread prefetches
+        // them: every table grows many times under the prefetches.
+        let budget = StateBudget::new(1 << 20);
+        let store = KeyedStore::<V>::new(budget.clone());
+        let keys = 50_000u64;
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for k in 0..keys {
+                        store.with(key_of(&k), || V(0), |v| v.0 += 1);
+                    }
+                });
+            }
+            s.spawn(|| {
+                for k in 0..keys {
+                    store.prefetch(key_of(&k));
+                }
+            });
+        });
+        assert_eq!(store.len(), keys as usize);
+        assert_eq!(budget.stats().live_keys, keys as usize);
+        for k in 0..keys {
+            assert_eq!(store.read(key_of(&k), |v| v.0), Some(2), "key {k}");
+        }
     }
 
     #[test]

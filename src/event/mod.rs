@@ -39,7 +39,20 @@ macro_rules! contract_enum {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
         }
+
+        impl Variant for $name {
+            fn bit(self) -> u32 {
+                1 << self as u32
+            }
+        }
     };
+}
+
+/// A variant of a closed enum of the contract.
+pub trait Variant: Copy {
+    /// The variant's bit in a rule filter's mask: one shifted by its place
+    /// in declaration order (its discriminant), so also by its place in `ALL`.
+    fn bit(self) -> u32;
 }
 
 contract_enum! {

@@ -13,7 +13,6 @@ use super::load::Located;
 use super::spec::{Action, Aggregate, FilterSpec, KeyName, Mode, RuleKind, RuleSpec};
 use crate::enrich::{GeoNeeds, NetworkFlags};
 use crate::event::Country;
-use crate::event::{CardType, Channel, Kind, Outcome, Platform};
 use crate::state::key_of;
 
 /// Longest window a rule may have: a week.
@@ -460,15 +459,15 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
     };
     let secs_to_ms = |s: Option<u64>| s.map(|s| s.min(100 * 365 * 86_400) as i64 * 1000);
     let filter = Filter {
-        kinds: mask(Kind::ALL, &spec.kind),
-        outcomes: mask(Outcome::ALL, &spec.outcome),
+        kinds: mask(&spec.kind),
+        outcomes: mask(&spec.outcome),
         failed: spec.failed,
         brands: spec.brand.iter().map(|b| b.as_str().into()).collect(),
-        card_types: mask(CardType::ALL, &spec.card_type),
+        card_types: mask(&spec.card_type),
         min_face_value_fen: spec.min_face_value_fen,
         max_face_value_fen: spec.max_face_value_fen,
-        channels: mask(Channel::ALL, &spec.channel),
-        platforms: mask(Platform::ALL, &spec.platform),
+        channels: mask(&spec.channel),
+        platforms: mask(&spec.platform),
         min_account_age_ms: secs_to_ms(spec.min_account_age_secs),
         max_account_age_ms: secs_to_ms(spec.max_account_age_secs),
         verified: spec.verified,

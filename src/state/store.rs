@@ -119,12 +119,28 @@ pub struct KeyedStore<V> {
 /// write that moves a table, and read by [`KeyedStore::prefetch`] without
 /// the shard's lock: two plain loads where a shared lock takes two locked
 /// instructions, which measured a tenth of the engine's time (BENCHMARKS.md,
-/// Session 7). A prefetch that reads a layout a concurrent insert has just
-/// replaced hints at lines of the old table: a wasted hint, never a read.
+/// Session 7). A prefetch that reads a layout a concurrent insert is
+/// replacing (the old one, or half of each) hints at lines that are not the
+/// table's: a wasted hint, never a read.
 #[derive(Debug, Default)]
 struct Layout {
     end: AtomicPtr<u8>,
     buckets: AtomicUsize,
+}
+
+impl Layout {
+    /// Records where the table lies, writing only what changed: tables
+    /// rarely move once grown, and several shards' layouts share a cache
+    /// line, which threads writing to different shards would otherwise
+    /// pass back and forth on every update.
+    fn publish(&self, end: *mut u8, buckets: usize) {
+        if self.end.load(Ordering::Relaxed) != end {
+            self.end.store(end, Ordering::Relaxed);
+        }
+        if self.buckets.load(Ordering::Relaxed) != buckets {
+            self.buckets.store(buckets, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<V: LastSeen> KeyedStore<V> {
@@ -157,9 +173,7 @@ impl<V: LastSeen> KeyedStore<V> {
         // The key is its own hash (`PreHashed`), as DashMap hashes it.
         let found = table.find_or_find_insert_slot(key, |(k, _)| *k == key, |(k, _)| *k);
         // Finding a slot for a new key may have grown the table.
-        let layout = &self.layouts[shard];
-        layout.end.store(table.data_end().as_ptr().cast(), Ordering::Relaxed);
-        layout.buckets.store(table.buckets(), Ordering::Relaxed);
+        self.layouts[shard].publish(table.data_end().as_ptr().cast(), table.buckets());
         let (bucket, fresh) = match found {
             Ok(bucket) => (bucket, false),
             Err(slot) => {

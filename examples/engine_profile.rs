@@ -90,11 +90,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         both_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let stats = engine.stats();
+        let geo = engine.geo_record_counts();
         drop(engine);
         drop_s.push(t.elapsed().as_secs_f64());
         eprintln!(
-            "run {run}: parse {:.3} s, parse and process {:.3} s, drop {:.3} s ({} decisions, {} keys)",
-            parse_s[run], both_s[run], drop_s[run], stats.decisions, stats.state.live_keys
+            "run {run}: parse {:.3} s, parse and process {:.3} s, drop {:.3} s ({} decisions, {} keys; geo kept/decoded {:?})",
+            parse_s[run], both_s[run], drop_s[run], stats.decisions, stats.state.live_keys, geo
         );
     }
     let (parse_m, both_m) = (median(parse_s), median(both_s));

@@ -115,8 +115,10 @@ pub struct KeyedStore<V> {
 }
 
 /// Where a shard's table lies: the end of its slots (where its control bytes
-/// begin) and its number of buckets. Published by every insert, the only
-/// write that moves a table, and read by [`KeyedStore::prefetch`] without
+/// begin) and its number of buckets. Published under the write lock by
+/// every [`KeyedStore::with_new`], the only path that can move a table
+/// (hashbrown grows it while finding a slot), and read by
+/// [`KeyedStore::prefetch`] without
 /// the shard's lock: two plain loads where a shared lock takes two locked
 /// instructions, which measured a tenth of the engine's time (BENCHMARKS.md,
 /// Session 7). A prefetch that reads a layout a concurrent insert is
@@ -172,7 +174,8 @@ impl<V: LastSeen> KeyedStore<V> {
         let mut table = self.map.shards()[shard].write();
         // The key is its own hash (`PreHashed`), as DashMap hashes it.
         let found = table.find_or_find_insert_slot(key, |(k, _)| *k == key, |(k, _)| *k);
-        // Finding a slot for a new key may have grown the table.
+        // Finding the key or a slot for it may have grown the table (hashbrown
+        // makes room first), whether or not the key was there.
         self.layouts[shard].publish(table.data_end().as_ptr().cast(), table.buckets());
         let (bucket, fresh) = match found {
             Ok(bucket) => (bucket, false),

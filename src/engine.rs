@@ -6,8 +6,8 @@
 //! partitions may share one engine.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -259,13 +259,16 @@ pub struct Engine {
     loaded: RwLock<Loaded>,
     /// Allowlist entries that apply to every rule (the admin API's).
     global_allow: RwLock<Allow>,
+    /// Whether `global_allow` has entries: while it has none (the usual
+    /// case), attempts skip its lock.
+    global_allow_set: AtomicBool,
     /// Home keys a split pipeline routes to; `None` when not split.
     routed_homes: RwLock<Option<Vec<KeyName>>>,
     geo: Arc<GeoDatabases>,
     accounts: KeyedStore<AccountMemory>,
     cards: KeyedStore<CardMemory>,
     book: DecisionBook,
-    seen: Mutex<SeenEvents>,
+    seen: SeenEvents,
     clock: EventClock,
     budget: Arc<StateBudget>,
     next_sweep_ms: AtomicI64,
@@ -346,6 +349,7 @@ impl Engine {
                 generation: 0,
             }),
             global_allow: RwLock::new(Allow::default()),
+            global_allow_set: AtomicBool::new(false),
             routed_homes: RwLock::new(None),
             geo,
             accounts: KeyedStore::new(budget.clone()),
@@ -354,10 +358,10 @@ impl Engine {
             // the window budget must not make active decisions forgettable
             // (that would republish every decision on every attempt).
             book: DecisionBook::new(StateBudget::new(config.max_keys)),
-            seen: Mutex::new(SeenEvents::new(
+            seen: SeenEvents::new(
                 config.dedup_window_secs.max(config.lateness_secs) as i64 * 1000,
                 config.dedup_max_ids,
-            )),
+            ),
             clock,
             budget,
             next_sweep_ms: AtomicI64::new(i64::MIN),
@@ -502,12 +506,7 @@ impl Engine {
         prepared: Option<&Prepared>,
         out: &mut Vec<Decision>,
     ) -> Verdict {
-        let first = {
-            // A std Mutex: nothing awaits while it is held, and it is held for one insert.
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.first_time(id, e.ts_ms)
-        };
-        if !first {
+        if !self.seen.first_time(id, e.ts_ms) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return Verdict::Duplicate;
         }
@@ -524,7 +523,7 @@ impl Engine {
         keys.asn = geo.asn.map(|a| key_of(&a));
         let serves = |k: KeyName| home.is_none_or(|h| h == k);
         let memory = if rules.needs_account_memory && serves(KeyName::Account) {
-            self.accounts.read(keys.account, Clone::clone)
+            self.recall_account(e, &keys, &geo)
         } else {
             None
         };
@@ -532,21 +531,26 @@ impl Engine {
 
         let prepared = prepared.filter(|p| p.generation == loaded.generation);
         let before = out.len();
-        let global = self.global_allow.read().unwrap_or_else(|p| p.into_inner());
+        let global = self
+            .global_allow_set
+            .load(Ordering::Acquire)
+            .then(|| self.global_allow.read().unwrap_or_else(|p| p.into_inner()));
         for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
             let passes = match prepared.and_then(|p| p.fields_pass(i)) {
                 Some(fields) => fields && rule.filter.facts_pass(e, &facts),
                 None => rule.filter.matches(e, &facts),
             };
-            if !serves(rule.home) || !passes || self.allowed(rule, e, &keys, &global) {
+            if !serves(rule.home) || !passes || self.allowed(rule, e, &keys, global.as_deref()) {
                 continue;
             }
             if let Some(d) = self.evaluate(rule, state, e, &keys, &facts) {
                 out.push(d);
             }
         }
-        self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
-        self.remember(rules, e, &keys, &facts, serves);
+        if out.len() > before {
+            self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+        }
+        self.remember(rules, e, &keys, serves);
         Verdict::Processed
     }
 
@@ -555,10 +559,7 @@ impl Engine {
     /// `asn` are left out: that key needs the attempt's geo lookup.
     fn prefetch(&self, loaded: &Loaded, prepared: &Prepared) {
         let keys = &prepared.keys;
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prefetch(prepared.id);
+        self.seen.prefetch(prepared.id);
         let rules = &*loaded.rules;
         for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
             let group_by = match &rule.kind {
@@ -687,18 +688,21 @@ impl Engine {
         facts
     }
 
-    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys, global: &Allow) -> bool {
-        [&rule.allow, global].into_iter().any(|allow| {
+    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys, global: Option<&Allow>) -> bool {
+        let lets_through = |allow: &Allow| {
             !allow.is_empty()
                 && (allow.accounts.contains(&keys.account)
                     || keys.device.is_some_and(|d| allow.devices.contains(&d))
                     || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
-        })
+        };
+        lets_through(&rule.allow) || global.is_some_and(lets_through)
     }
 
     /// Replaces the allowlist that applies to every rule.
     pub fn set_global_allow(&self, allow: Allow) {
-        *self.global_allow.write().unwrap_or_else(|p| p.into_inner()) = allow;
+        let mut global = self.global_allow.write().unwrap_or_else(|p| p.into_inner());
+        self.global_allow_set.store(!allow.is_empty(), Ordering::Release);
+        *global = allow;
     }
 
     /// Decisions in force at the engine's event time.
@@ -896,20 +900,23 @@ impl Engine {
         })
     }
 
-    /// Updates account and card memory after the rules have seen the attempt,
-    /// so an attempt is judged against what was known before it.
-    fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, facts: &Facts, serves: impl Fn(KeyName) -> bool) {
+    /// What the account knew before this attempt, for the rules to judge it
+    /// against; a success also teaches the account its device and place, in
+    /// the same lookup (one probe of the store where a read and a later
+    /// update took two). The rules see only the copy from before.
+    fn recall_account(&self, e: &Event, keys: &Keys, geo: &crate::enrich::GeoFacts) -> Option<AccountMemory> {
         if e.outcome != Outcome::Success {
-            return;
+            return self.accounts.read(keys.account, Clone::clone);
         }
-        if rules.needs_account_memory && serves(KeyName::Account) {
-            let place = facts.geo.location.map(|(lat, lon)| Place {
-                lat: lat as f32,
-                lon: lon as f32,
-                country: facts.geo.country,
-                ts_ms: e.ts_ms,
-            });
-            self.accounts.with(keys.account, AccountMemory::default, |m| {
+        let place = geo.location.map(|(lat, lon)| Place {
+            lat: lat as f32,
+            lon: lon as f32,
+            country: geo.country,
+            ts_ms: e.ts_ms,
+        });
+        self.accounts
+            .with_new(keys.account, AccountMemory::default, |m, fresh| {
+                let before = (!fresh).then(|| m.clone());
                 m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
                 if let Some(d) = keys.device {
                     m.learn_device(d);
@@ -919,7 +926,18 @@ impl Engine {
                         m.last_place = Some(p);
                     }
                 }
-            });
+                before
+            })
+            .flatten()
+    }
+
+    /// Updates card memory after the rules have seen the attempt, so an
+    /// attempt is judged against what was known before it (account memory
+    /// learns in [`Engine::recall_account`], before the rules, and hands
+    /// them the copy from before).
+    fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, serves: impl Fn(KeyName) -> bool) {
+        if e.outcome != Outcome::Success {
+            return;
         }
         if rules.needs_card_memory && serves(KeyName::Card) && e.kind == Kind::Activation {
             let bound = match e.card.bound_account.as_deref() {

@@ -3,7 +3,9 @@
 
 use crate::event::Country;
 
-use super::store::{LastSeen, TableHasher};
+use std::sync::Mutex;
+
+use super::store::{LastSeen, Layout, TableHasher};
 
 /// How many devices an account remembers as its own.
 pub const KNOWN_DEVICES: usize = 6;
@@ -78,8 +80,19 @@ type IdSet = hashbrown::HashMap<u64, (), TableHasher>;
 /// Event ids seen within the dedup window, in two generations: a generation is
 /// dropped whole once it is older than the window, so memory follows the event
 /// rate over the window and housekeeping is O(1) per event.
+///
+/// Shared by the threads of an engine: the generations sit behind a mutex,
+/// and where their tables lie is published beside it, so that a prefetch
+/// takes no lock (as [`super::KeyedStore::prefetch`]).
 #[derive(Debug)]
 pub struct SeenEvents {
+    generations: Mutex<Generations>,
+    /// Where the current and the previous generation's tables lie.
+    layouts: [Layout; 2],
+}
+
+#[derive(Debug)]
+struct Generations {
     current: IdSet,
     previous: IdSet,
     generation_start_ms: i64,
@@ -92,41 +105,54 @@ impl SeenEvents {
     /// per generation (a flood rotates generations early rather than grow).
     pub fn new(window_ms: i64, max_ids: usize) -> SeenEvents {
         SeenEvents {
-            current: IdSet::default(),
-            previous: IdSet::default(),
-            generation_start_ms: i64::MIN,
-            window_ms: window_ms.max(1),
-            max_ids: max_ids.max(1),
+            generations: Mutex::new(Generations {
+                current: IdSet::default(),
+                previous: IdSet::default(),
+                generation_start_ms: i64::MIN,
+                window_ms: window_ms.max(1),
+                max_ids: max_ids.max(1),
+            }),
+            layouts: Default::default(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // A std Mutex: nothing awaits while it is held, and it is held for one
+        // insert. Nothing panics while holding it; a poisoned one is still whole.
+        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records `id` seen at `ts_ms`; `false` if it was already seen.
-    pub fn first_time(&mut self, id: u64, ts_ms: i64) -> bool {
-        if self.generation_start_ms == i64::MIN {
-            self.generation_start_ms = ts_ms;
+    pub fn first_time(&self, id: u64, ts_ms: i64) -> bool {
+        let mut g = self.lock();
+        if g.generation_start_ms == i64::MIN {
+            g.generation_start_ms = ts_ms;
         }
-        if ts_ms.saturating_sub(self.generation_start_ms) >= self.window_ms || self.current.len() >= self.max_ids {
+        if ts_ms.saturating_sub(g.generation_start_ms) >= g.window_ms || g.current.len() >= g.max_ids {
             // The next generation will likely hold as many ids as this one:
             // sizing it so saves rehashing it through every doubling.
-            let expected = self.current.len().min(self.max_ids);
+            let expected = g.current.len().min(g.max_ids);
             let next = IdSet::with_capacity_and_hasher(expected, TableHasher::default());
-            self.previous = std::mem::replace(&mut self.current, next);
-            self.generation_start_ms = ts_ms;
+            g.previous = std::mem::replace(&mut g.current, next);
+            g.generation_start_ms = ts_ms;
         }
-        if self.previous.contains_key(&id) {
-            return false;
-        }
-        self.current.insert(id, ()).is_none()
+        let first = !g.previous.contains_key(&id) && g.current.insert(id, ()).is_none();
+        // A rotation or an insert that grew a table moved it.
+        self.layouts[0].publish(g.current.raw_table());
+        self.layouts[1].publish(g.previous.raw_table());
+        first
     }
 
     /// Starts loading what [`SeenEvents::first_time`] will read for `id`.
     pub fn prefetch(&self, id: u64) {
-        super::store::prefetch_probe(self.previous.raw_table(), id);
-        super::store::prefetch_probe(self.current.raw_table(), id);
+        for layout in &self.layouts {
+            layout.prefetch(id, std::mem::size_of::<(u64, ())>());
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        let g = self.lock();
+        g.current.len() + g.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,7 +166,7 @@ mod tests {
 
     #[test]
     fn duplicate_within_window_is_refused() {
-        let mut seen = SeenEvents::new(1000, 100);
+        let seen = SeenEvents::new(1000, 100);
         assert!(seen.first_time(1, 0));
         assert!(!seen.first_time(1, 500));
         assert!(seen.first_time(2, 1500));

@@ -125,22 +125,32 @@ pub struct KeyedStore<V> {
 /// replacing (the old one, or half of each) hints at lines that are not the
 /// table's: a wasted hint, never a read.
 #[derive(Debug, Default)]
-struct Layout {
+pub(crate) struct Layout {
     end: AtomicPtr<u8>,
     buckets: AtomicUsize,
 }
 
 impl Layout {
-    /// Records where the table lies, writing only what changed: tables
+    /// Records where `table` lies, writing only what changed: tables
     /// rarely move once grown, and several shards' layouts share a cache
     /// line, which threads writing to different shards would otherwise
     /// pass back and forth on every update.
-    fn publish(&self, end: *mut u8, buckets: usize) {
+    pub(crate) fn publish<T>(&self, table: &hashbrown::raw::RawTable<T>) {
+        let (end, buckets) = (table.data_end().as_ptr().cast::<u8>(), table.buckets());
         if self.end.load(Ordering::Relaxed) != end {
             self.end.store(end, Ordering::Relaxed);
         }
         if self.buckets.load(Ordering::Relaxed) != buckets {
             self.buckets.store(buckets, Ordering::Relaxed);
+        }
+    }
+
+    /// Prefetches the lines a lookup of `hash` reads first in the table last
+    /// published, whose slots are `slot` bytes (see [`prefetch_probe_at`]).
+    pub(crate) fn prefetch(&self, hash: u64, slot: usize) {
+        let buckets = self.buckets.load(Ordering::Relaxed);
+        if buckets > 0 {
+            prefetch_probe_at(self.end.load(Ordering::Relaxed), buckets, slot, hash);
         }
     }
 }
@@ -176,7 +186,7 @@ impl<V: LastSeen> KeyedStore<V> {
         let found = table.find_or_find_insert_slot(key, |(k, _)| *k == key, |(k, _)| *k);
         // Finding the key or a slot for it may have grown the table (hashbrown
         // makes room first), whether or not the key was there.
-        self.layouts[shard].publish(table.data_end().as_ptr().cast(), table.buckets());
+        self.layouts[shard].publish(&table);
         let (bucket, fresh) = match found {
             Ok(bucket) => (bucket, false),
             Err(slot) => {
@@ -211,12 +221,8 @@ impl<V: LastSeen> KeyedStore<V> {
     /// that the lookup, made a little later, does not wait for memory. Only a
     /// hint: it changes no state and cannot fail.
     pub fn prefetch(&self, key: u64) {
-        let layout = &self.layouts[self.map.determine_shard(key as usize)];
-        let buckets = layout.buckets.load(Ordering::Relaxed);
-        if buckets > 0 {
-            let end = layout.end.load(Ordering::Relaxed);
-            prefetch_probe_at(end, buckets, std::mem::size_of::<(u64, SharedValue<V>)>(), key);
-        }
+        self.layouts[self.map.determine_shard(key as usize)]
+            .prefetch(key, std::mem::size_of::<(u64, SharedValue<V>)>());
     }
 
     /// Reads the state for `key`, if any.
@@ -249,29 +255,19 @@ impl<V: LastSeen> KeyedStore<V> {
     }
 }
 
-/// Prefetches the lines a lookup of `hash` in `table` reads first: the 16
-/// control bytes where its probe starts, and the slots they stand for. By
-/// hashbrown's layout, the slots end where the control bytes begin, slot `i`
-/// is the `i + 1`-th before that point, and a probe starts at
-/// `hash & (buckets - 1)`.
+/// Prefetches the lines a lookup of `hash` reads first in a table known by
+/// its layout: where its slots end, its number of buckets (a power of two)
+/// and the size of a slot. Those lines are the 16 control bytes where its
+/// probe starts, and the slots they stand for. By hashbrown's layout, the
+/// slots end where the control bytes begin, slot `i` is the `i + 1`-th
+/// before that point, and a probe starts at `hash & (buckets - 1)`.
 ///
 /// The slots are the one where the probe starts and the three after it, at
 /// most four cache lines: a lookup usually finds its key there, and an
 /// insert takes the first free slot of the group, often one of those. Fewer
 /// (two slots) or more (eight, or four without the cap) measured slower on
-/// the million (BENCHMARKS.md, Session 6).
-pub(crate) fn prefetch_probe<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
-    prefetch_probe_at(
-        table.data_end().as_ptr().cast(),
-        table.buckets(),
-        std::mem::size_of::<T>(),
-        hash,
-    );
-}
-
-/// [`prefetch_probe`] for a table known by its layout: where its slots end,
-/// its number of buckets (a power of two) and the size of a slot. Only
-/// computes addresses and hints them: never reads through them.
+/// the million (BENCHMARKS.md, Session 6). Only computes addresses and hints
+/// them: never reads through them.
 fn prefetch_probe_at(end: *const u8, buckets: usize, slot: usize, hash: u64) {
     let start = (hash as usize) & (buckets - 1);
     let ctrl = end.wrapping_add(start);

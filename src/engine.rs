@@ -324,10 +324,43 @@ pub struct Prepared {
     generation: u64,
 }
 
-impl Prepared {
-    /// Whether rule `i`'s filter passes the attempt's own fields, if judged.
-    fn fields_pass(&self, i: usize) -> Option<bool> {
-        self.fields.map(|m| m >> i & 1 == 1)
+/// The rules whose filters pass an attempt's own fields (bit `i` for rule
+/// `i`), judged for all rules at once by the rule set's [`FieldIndex`];
+/// `None` past 64 rules, where each rule's filter is judged whole.
+fn may_match(rules: &RuleSet, e: &Event) -> Option<u64> {
+    let index = rules.field_index.as_ref()?;
+    Some(index.may_match(e, |i| &rules.rules[i].filter))
+}
+
+/// The rules worth judging for an attempt, in order: those set in `fields`,
+/// or all `n` when the fields were not judged ahead.
+enum Candidates {
+    Set(u64),
+    All(std::ops::Range<usize>),
+}
+
+impl Candidates {
+    fn new(fields: Option<u64>, n: usize) -> Candidates {
+        match fields {
+            Some(m) => Candidates::Set(m),
+            None => Candidates::All(0..n),
+        }
+    }
+}
+
+impl Iterator for Candidates {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Candidates::Set(0) => None,
+            Candidates::Set(m) => {
+                let i = m.trailing_zeros() as usize;
+                *m &= *m - 1;
+                Some(i)
+            }
+            Candidates::All(range) => range.next(),
+        }
     }
 }
 
@@ -468,17 +501,10 @@ impl Engine {
     /// lookup waiting for memory in turn. Changes no state.
     pub fn prepare(&self, e: &Event) -> Prepared {
         let loaded = self.loaded();
-        let rules = &loaded.rules.rules;
-        let fields = (rules.len() <= 64).then(|| {
-            rules
-                .iter()
-                .enumerate()
-                .fold(0u64, |m, (i, r)| m | (r.filter.may_match(e) as u64) << i)
-        });
         let prepared = Prepared {
             id: key_of(e.event_id.as_ref()),
             keys: self.keys(e),
-            fields,
+            fields: may_match(&loaded.rules, e),
             generation: loaded.generation,
         };
         self.prefetch(&loaded, &prepared);
@@ -529,15 +555,21 @@ impl Engine {
         };
         let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
 
-        let prepared = prepared.filter(|p| p.generation == loaded.generation);
+        // The rules whose filters the attempt's own fields pass, from
+        // `prepare` when it judged them for this rule set.
+        let fields = match prepared.filter(|p| p.generation == loaded.generation) {
+            Some(p) => p.fields,
+            None => may_match(rules, e),
+        };
         let before = out.len();
         let global = self
             .global_allow_set
             .load(Ordering::Acquire)
             .then(|| self.global_allow.read().unwrap_or_else(|p| p.into_inner()));
-        for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
-            let passes = match prepared.and_then(|p| p.fields_pass(i)) {
-                Some(fields) => fields && rule.filter.facts_pass(e, &facts),
+        for i in Candidates::new(fields, rules.rules.len()) {
+            let (rule, state) = (&rules.rules[i], &loaded.states[i]);
+            let passes = match fields {
+                Some(_) => rule.filter.facts_pass(e, &facts),
                 None => rule.filter.matches(e, &facts),
             };
             if !serves(rule.home) || !passes || self.allowed(rule, e, &keys, global.as_deref()) {
@@ -561,13 +593,14 @@ impl Engine {
         let keys = &prepared.keys;
         self.seen.prefetch(prepared.id);
         let rules = &*loaded.rules;
-        for (i, (rule, state)) in rules.rules.iter().zip(&loaded.states).enumerate() {
+        // A rule whose filter the attempt's fields fail will not read its state.
+        for i in Candidates::new(prepared.fields, rules.rules.len()) {
+            let (rule, state) = (&rules.rules[i], &loaded.states[i]);
             let group_by = match &rule.kind {
                 CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => *group_by,
                 CompiledKind::Match => continue,
             };
-            // A rule whose filter the attempt's fields fail will not read its state.
-            let Some(key) = keys.get(group_by).filter(|_| prepared.fields_pass(i) != Some(false)) else {
+            let Some(key) = keys.get(group_by) else {
                 continue;
             };
             match state {

@@ -43,8 +43,10 @@ macro_rules! contract_enum {
         }
 
         impl Variant for $name {
-            fn bit(self) -> u32 {
-                1 << self as u32
+            const COUNT: usize = $name::ALL.len();
+
+            fn index(self) -> usize {
+                self as usize
             }
         }
     };
@@ -52,9 +54,17 @@ macro_rules! contract_enum {
 
 /// A variant of a closed enum of the contract.
 pub trait Variant: Copy {
-    /// The variant's bit in a rule filter's mask: one shifted by its place
-    /// in declaration order (its discriminant), so also by its place in `ALL`.
-    fn bit(self) -> u32;
+    /// How many variants the enum has.
+    const COUNT: usize;
+
+    /// The variant's place in declaration order (its discriminant), so also
+    /// in `ALL`.
+    fn index(self) -> usize;
+
+    /// The variant's bit in a rule filter's mask: one shifted by its place.
+    fn bit(self) -> u32 {
+        1 << self.index()
+    }
 }
 
 contract_enum! {

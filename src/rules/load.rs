@@ -14,6 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::compile::{compile_rule, CompiledRule};
+use super::filter::FieldIndex;
 use super::spec::RuleSpec;
 use super::KeyName;
 use crate::enrich::GeoNeeds;
@@ -126,6 +127,9 @@ pub struct RuleSet {
     pub longest_window_ms: i64,
     /// Databases the rules of each home key need (see [`RuleSet::homes`]).
     pub home_geo_needs: Vec<(KeyName, GeoNeeds)>,
+    /// Which rules' filters an attempt's own fields pass, all rules at once
+    /// (`None` past 64 rules).
+    pub field_index: Option<FieldIndex>,
 }
 
 impl RuleSet {
@@ -151,6 +155,7 @@ impl RuleSet {
             })
             .collect();
         RuleSet {
+            field_index: FieldIndex::new(&rules.iter().map(|r| &r.filter).collect::<Vec<_>>()),
             home_geo_needs,
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),
             needs_card_memory: rules.iter().any(|r| r.filter.needs_card_memory()),

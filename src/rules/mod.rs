@@ -9,6 +9,6 @@ pub mod load;
 pub mod spec;
 
 pub use compile::{Allow, CompiledAggregate, CompiledKind, CompiledRule};
-pub use filter::{Facts, Filter};
+pub use filter::{Facts, FieldIndex, Filter};
 pub use load::{compile_sources, line_column, load_rules, rule_files, rule_versions, RuleError, RuleErrors, RuleSet};
 pub use spec::{Action, KeyName, Mode, RuleSpec};

@@ -488,7 +488,7 @@ impl Engine {
             None => key_of(e.event_id.as_ref()),
             Some(h) => key_of(&(h, e.event_id.as_ref())),
         };
-        self.decide_hashed(e, home, id, self.keys(e), None, out)
+        self.decide_hashed(e, home, id, None, out)
     }
 
     /// Hashes `e`'s keys, judges every rule's filter on `e`'s own fields,
@@ -503,7 +503,7 @@ impl Engine {
         let loaded = self.loaded();
         let prepared = Prepared {
             id: key_of(e.event_id.as_ref()),
-            keys: self.keys(e),
+            keys: self.keys(e, loaded.rules.uses_ip_prefix),
             fields: may_match(&loaded.rules, e),
             generation: loaded.generation,
         };
@@ -516,19 +516,17 @@ impl Engine {
     /// `process`, rules reloaded in between included.
     pub fn process_prepared(&self, e: &Event, prepared: &Prepared, out: &mut Vec<Decision>) -> Verdict {
         debug_assert_eq!(prepared.id, key_of(e.event_id.as_ref()), "prepared for another attempt");
-        self.decide_hashed(e, None, prepared.id, prepared.keys, Some(prepared), out)
+        self.decide_hashed(e, None, prepared.id, Some(prepared), out)
     }
 
-    /// The work of [`Engine::process_for`] once the event id and the keys
-    /// (all but `asn`, which needs the geo lookup) are hashed, reusing the
-    /// filters' verdicts on the attempt's fields from `prepared` when it was
-    /// prepared for the rule set in force.
+    /// The work of [`Engine::process_for`] once the event id is hashed,
+    /// reusing the keys and the filters' verdicts on the attempt's fields
+    /// from `prepared` when it was prepared for the rule set in force.
     fn decide_hashed(
         &self,
         e: &Event,
         home: Option<KeyName>,
         id: u64,
-        mut keys: Keys,
         prepared: Option<&Prepared>,
         out: &mut Vec<Decision>,
     ) -> Verdict {
@@ -541,6 +539,12 @@ impl Engine {
         let loaded = self.loaded();
         self.maybe_sweep(&loaded);
         let rules = &*loaded.rules;
+        let prepared = prepared.filter(|p| p.generation == loaded.generation);
+        // All keys but `asn`, which needs the geo lookup.
+        let mut keys = match prepared {
+            Some(p) => p.keys,
+            None => self.keys(e, rules.uses_ip_prefix),
+        };
         let needs = rules.geo_needs_at(home);
         let geo = match e.ip {
             Some(ip) if needs.any() => self.geo.lookup(ip, needs),
@@ -557,7 +561,7 @@ impl Engine {
 
         // The rules whose filters the attempt's own fields pass, from
         // `prepare` when it judged them for this rule set.
-        let fields = match prepared.filter(|p| p.generation == loaded.generation) {
+        let fields = match prepared {
             Some(p) => p.fields,
             None => may_match(rules, e),
         };
@@ -639,7 +643,7 @@ impl Engine {
         };
         let keys = Keys {
             asn: geo.asn.map(|a| key_of(&a)),
-            ..self.keys(e)
+            ..self.keys(e, homes.contains(&KeyName::IpPrefix))
         };
         let facts = Facts {
             geo,
@@ -659,9 +663,10 @@ impl Engine {
     }
 
     /// The attempt's key hashes; `asn` is left for the caller, who knows
-    /// whether the geo lookup is needed.
-    fn keys(&self, e: &Event) -> Keys {
-        let ip_prefix = e.ip.map(|ip| {
+    /// whether the geo lookup is needed, and `ip_prefix` is left out unless
+    /// `prefix` (a rule set that uses it).
+    fn keys(&self, e: &Event, prefix: bool) -> Keys {
+        let ip_prefix = e.ip.filter(|_| prefix).map(|ip| {
             let len = match ip {
                 IpAddr::V4(_) => self.config.ipv4_prefix_len,
                 IpAddr::V6(_) => self.config.ipv6_prefix_len,

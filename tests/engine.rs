@@ -377,3 +377,59 @@ fn an_attempt_prepared_before_a_reload_is_decided_by_the_new_rules() {
     assert_eq!(out.len(), 1, "the reloaded rule reviews the redemption: {out:?}");
     assert_eq!(out[0].trigger_event_id, "a-2");
 }
+
+#[test]
+fn a_rule_by_address_prefix_counts_a_whole_subnet_even_after_a_reload_adds_it() {
+    let by_prefix = Arc::new(
+        compile_sources(
+            &[(
+                "p.toml".into(),
+                RULE.replace("ip-guessing", "subnet-guessing")
+                    .replace("\"ip\"", "\"ip_prefix\""),
+            )],
+            Default::default(),
+        )
+        .expect("rules"),
+    );
+    // Five failures from five addresses of one /24, and one from another /24.
+    let attempts: Vec<Event> = (1..=5)
+        .map(|i| attempt(&format!("p-{i}"), i, &format!("10.0.7.{i}")))
+        .chain([attempt("p-6", 6, "10.0.8.1")])
+        .collect();
+
+    // Straight, and prepared one attempt ahead under a rule set without the
+    // prefix rule that a reload then replaces.
+    let straight = engine_of(
+        &RULE
+            .replace("ip-guessing", "subnet-guessing")
+            .replace("\"ip\"", "\"ip_prefix\""),
+        EngineConfig::default(),
+    );
+    let reloaded = engine(1_000);
+    let mut out = Vec::new();
+    for e in &attempts[..4] {
+        straight.process(e, &mut out);
+        reloaded.process(e, &mut out);
+    }
+    assert!(out.is_empty(), "four failures, by address or by subnet: {out:?}");
+    let prepared = reloaded.prepare(&attempts[4]);
+    reloaded.replace_rules(by_prefix).expect("reload");
+    straight.process(&attempts[4], &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (out[0].subject.as_str(), out[0].trigger_event_id.as_str()),
+        ("10.0.7.0/24", "p-5")
+    );
+
+    // The reloaded rule starts empty: its first attempt counts one, from
+    // the subnet, though it was prepared before the rule existed.
+    out.clear();
+    reloaded.process_prepared(&attempts[4], &prepared, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    for i in 6..=9 {
+        reloaded.process(&attempt(&format!("q-{i}"), i, &format!("10.0.7.{i}")), &mut out);
+    }
+    assert_eq!(out.len(), 1, "five from the subnet since the reload: {out:?}");
+    assert_eq!(out[0].subject, "10.0.7.0/24");
+    assert_eq!(out[0].evidence["value"], 5);
+}

@@ -83,6 +83,19 @@ impl Allow {
 }
 
 impl CompiledRule {
+    /// Whether the rule reads key `k` of an attempt: as its home, its
+    /// group-by key, the key it counts distinct values of, or its scope.
+    pub fn uses(&self, k: KeyName) -> bool {
+        let by_kind = match &self.kind {
+            CompiledKind::Threshold {
+                group_by, aggregate, ..
+            } => *group_by == k || *aggregate == CompiledAggregate::Distinct(k),
+            CompiledKind::Quota { group_by, .. } => *group_by == k,
+            CompiledKind::Match => false,
+        };
+        by_kind || self.home == k || self.scope == k
+    }
+
     pub fn group_by(&self) -> Option<KeyName> {
         match self.kind {
             CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => Some(group_by),

@@ -127,6 +127,9 @@ pub struct RuleSet {
     pub longest_window_ms: i64,
     /// Databases the rules of each home key need (see [`RuleSet::homes`]).
     pub home_geo_needs: Vec<(KeyName, GeoNeeds)>,
+    /// Whether any rule groups, counts or decides by `ip_prefix` (the one
+    /// key that costs more to derive than to hash).
+    pub uses_ip_prefix: bool,
     /// Which rules' filters an attempt's own fields pass, all rules at once
     /// (`None` past 64 rules).
     pub field_index: Option<FieldIndex>,
@@ -155,6 +158,7 @@ impl RuleSet {
             })
             .collect();
         RuleSet {
+            uses_ip_prefix: rules.iter().any(|r| r.uses(KeyName::IpPrefix)),
             field_index: FieldIndex::new(&rules.iter().map(|r| &r.filter).collect::<Vec<_>>()),
             home_geo_needs,
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),

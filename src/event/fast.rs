@@ -15,10 +15,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::IntoDeserializer;
-use serde::Deserialize;
-
-use super::{RawAccount, RawCard, RawDevice, RawEvent};
+use super::{CardType, Channel, Kind, Outcome, Platform, RawAccount, RawCard, RawDevice, RawEvent};
 
 /// Reads `text` as one attempt event, or `None` when it is not of the common
 /// shape (see the module documentation).
@@ -62,22 +59,16 @@ fn store<T>(seen: &mut u16, bit: u16, slot: &mut Option<T>, value: Option<Option
     Some(())
 }
 
-/// A contract enum from its wire name, through its own `Deserialize` (so the
-/// names are written once, in the enum's serde attributes).
-fn variant<'a, T: Deserialize<'a>>(name: &'a str) -> Option<T> {
-    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(name)).ok()
-}
-
 /// Length of the run of bytes before the first `"`, `\\` or control
 /// character: where a string without escapes ends. `None` when there is none.
 /// Reads eight bytes at a time (most strings of an event are 8 to 40 bytes).
+#[inline]
 fn plain_len(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+    let mut rest = bytes;
+    while let Some((chunk, next)) = rest.split_first_chunk::<8>() {
+        let w = u64::from_le_bytes(*chunk);
         // A byte's high bit is set where it is zero (after the XOR) or below
         // 0x20; borrows can only mark bytes above the first such byte, and
         // only the first is used.
@@ -88,14 +79,13 @@ fn plain_len(bytes: &[u8]) -> Option<usize> {
             | w.wrapping_sub(ONES * 0x20) & !w)
             & HIGHS;
         if found != 0 {
-            return Some(at + found.trailing_zeros() as usize / 8);
+            return Some(bytes.len() - rest.len() + found.trailing_zeros() as usize / 8);
         }
-        at += 8;
+        rest = next;
     }
-    let rest = chunks.remainder();
     rest.iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| at + i)
+        .map(|i| bytes.len() - rest.len() + i)
 }
 
 impl<'a> Reader<'a> {
@@ -162,8 +152,9 @@ impl<'a> Reader<'a> {
         self.nullable(Self::cow)
     }
 
-    fn enumerated<T: Deserialize<'a>>(&mut self) -> Option<T> {
-        variant(self.string()?)
+    /// A contract enum, by the names its declaration gives (`from_wire`).
+    fn enumerated<T>(&mut self, from_wire: fn(&str) -> Option<T>) -> Option<T> {
+        from_wire(self.string()?)
     }
 
     /// A non-negative integer as JSON writes one (no leading zero, no sign,
@@ -224,13 +215,18 @@ impl<'a> Reader<'a> {
         self.object(|r, key| match key {
             "event_id" => store(&mut seen, 1, &mut event_id, r.cow().map(Some)),
             "ts" => store(&mut seen, 2, &mut ts, r.cow().map(Some)),
-            "kind" => store(&mut seen, 4, &mut kind, r.enumerated().map(Some)),
-            "outcome" => store(&mut seen, 8, &mut outcome, r.enumerated().map(Some)),
+            "kind" => store(&mut seen, 4, &mut kind, r.enumerated(Kind::from_wire).map(Some)),
+            "outcome" => store(&mut seen, 8, &mut outcome, r.enumerated(Outcome::from_wire).map(Some)),
             "card" => store(&mut seen, 16, &mut card, r.card().map(Some)),
             "account" => store(&mut seen, 32, &mut account, r.account().map(Some)),
             "device" => store(&mut seen, 64, &mut device, r.nullable(Self::device)),
             "ip" => store(&mut seen, 128, &mut ip, r.optional_cow()),
-            "channel" => store(&mut seen, 256, &mut channel, r.nullable(Self::enumerated)),
+            "channel" => store(
+                &mut seen,
+                256,
+                &mut channel,
+                r.nullable(|r| r.enumerated(Channel::from_wire)),
+            ),
             _ => None,
         })?;
         Some(RawEvent {
@@ -262,7 +258,12 @@ impl<'a> Reader<'a> {
             "code_hash" => store(&mut seen, 1, &mut card.code_hash, r.optional_cow()),
             "code" => store(&mut seen, 2, &mut card.code, r.optional_cow()),
             "brand" => store(&mut seen, 4, &mut card.brand, r.optional_cow()),
-            "type" => store(&mut seen, 8, &mut card.card_type, r.nullable(Self::enumerated)),
+            "type" => store(
+                &mut seen,
+                8,
+                &mut card.card_type,
+                r.nullable(|r| r.enumerated(CardType::from_wire)),
+            ),
             "face_value" => store(&mut seen, 16, &mut card.face_value, r.nullable(Self::integer)),
             "currency" => store(&mut seen, 32, &mut card.currency, r.optional_cow()),
             "batch" => store(&mut seen, 64, &mut card.batch, r.optional_cow()),
@@ -295,7 +296,12 @@ impl<'a> Reader<'a> {
         let mut seen = 0;
         self.object(|r, key| match key {
             "fingerprint" => store(&mut seen, 1, &mut fingerprint, r.optional_cow()),
-            "platform" => store(&mut seen, 2, &mut platform, r.nullable(Self::enumerated)),
+            "platform" => store(
+                &mut seen,
+                2,
+                &mut platform,
+                r.nullable(|r| r.enumerated(Platform::from_wire)),
+            ),
             _ => None,
         })?;
         Some(RawDevice { fingerprint, platform })

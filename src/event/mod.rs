@@ -25,21 +25,30 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 const MIN_TS_MS: i64 = 946_684_800_000;
 const MAX_TS_MS: i64 = 4_102_444_800_000;
 
-/// Declares a closed enum of the contract (snake_case on the wire) together
-/// with `ALL`, its variants in declaration order: the one list the rule
-/// filters' bit masks and the per-label metrics index into.
+/// Declares a closed enum of the contract, each variant with its name on the
+/// wire (snake_case), together with `ALL`, its variants in declaration order:
+/// the one list the rule filters' bit masks and the per-label metrics index
+/// into. The names given here are the only ones: serde reads and writes
+/// them, and `from_wire` (the event reader's fast path) matches them.
 macro_rules! contract_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($variant),+
+            $(#[serde(rename = $wire)] $variant),+
         }
 
         impl $name {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The variant named `name` on the wire.
+            pub fn from_wire(name: &str) -> Option<$name> {
+                match name {
+                    $($wire => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
         }
 
         impl Variant for $name {
@@ -69,12 +78,21 @@ pub trait Variant: Copy {
 
 contract_enum! {
     /// What the redemption service was asked to do.
-    Kind { Activation, Redemption }
+    Kind { Activation = "activation", Redemption = "redemption" }
 }
 
 contract_enum! {
     /// What the redemption service answered.
-    Outcome { Success, InvalidCode, WrongPin, Expired, AlreadyUsed, Frozen, Blocked, Error }
+    Outcome {
+        Success = "success",
+        InvalidCode = "invalid_code",
+        WrongPin = "wrong_pin",
+        Expired = "expired",
+        AlreadyUsed = "already_used",
+        Frozen = "frozen",
+        Blocked = "blocked",
+        Error = "error",
+    }
 }
 
 impl Outcome {
@@ -88,15 +106,22 @@ impl Outcome {
 }
 
 contract_enum! {
-    CardType { Physical, ECard, Custom, Membership, Service, CouponPack }
+    CardType {
+        Physical = "physical",
+        ECard = "e_card",
+        Custom = "custom",
+        Membership = "membership",
+        Service = "service",
+        CouponPack = "coupon_pack",
+    }
 }
 
 contract_enum! {
-    Platform { Android, Ios, Web, Pos, Other }
+    Platform { Android = "android", Ios = "ios", Web = "web", Pos = "pos", Other = "other" }
 }
 
 contract_enum! {
-    Channel { App, Web, Store, Api }
+    Channel { App = "app", Web = "web", Store = "store", Api = "api" }
 }
 
 /// An ISO 3166-1 alpha-2 country code, stored inline.
@@ -463,10 +488,10 @@ fn bounded(field: &str, value: &str, max: usize) -> Result<Box<str>, EventError>
 }
 
 fn bounded_check(field: &str, value: &str, max: usize) -> Result<(), EventError> {
-    // Ids are ASCII in practice: one byte, one character, and the only
-    // control characters are below space and DEL.
-    let (chars, control) = if value.is_ascii() {
-        (value.len(), value.bytes().any(|b| b < b' ' || b == 0x7f))
+    // Ids are printable ASCII in practice: one byte, one character, and no
+    // control character. Anything else is counted and checked by character.
+    let (chars, control) = if value.bytes().all(|b| (b' '..0x7f).contains(&b)) {
+        (value.len(), false)
     } else {
         (value.chars().count(), value.chars().any(char::is_control))
     };

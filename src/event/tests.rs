@@ -437,3 +437,33 @@ fn lengths_count_characters_and_control_characters_are_refused_in_any_script() {
         );
     }
 }
+
+#[test]
+fn every_contract_enum_is_named_on_the_wire_in_snake_case_both_ways() {
+    fn snake(debug: String) -> String {
+        let mut out = String::new();
+        for (i, c) in debug.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+    fn check<T>(all: &[T], from_wire: fn(&str) -> Option<T>)
+    where
+        T: Copy + PartialEq + std::fmt::Debug + serde::Serialize,
+    {
+        for v in all {
+            let wire = snake(format!("{v:?}"));
+            assert_eq!(serde_json::to_value(v).expect("serializes"), serde_json::json!(wire));
+            assert_eq!(from_wire(&wire), Some(*v), "{wire}");
+        }
+        assert_eq!(from_wire("Success"), None, "names are exact");
+    }
+    check(Kind::ALL, Kind::from_wire);
+    check(Outcome::ALL, Outcome::from_wire);
+    check(CardType::ALL, CardType::from_wire);
+    check(Platform::ALL, Platform::from_wire);
+    check(Channel::ALL, Channel::from_wire);
+}

@@ -600,11 +600,7 @@ impl Engine {
         // A rule whose filter the attempt's fields fail will not read its state.
         for i in Candidates::new(prepared.fields, rules.rules.len()) {
             let (rule, state) = (&rules.rules[i], &loaded.states[i]);
-            let group_by = match &rule.kind {
-                CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => *group_by,
-                CompiledKind::Match => continue,
-            };
-            let Some(key) = keys.get(group_by) else {
+            let Some(key) = rule.group_by().and_then(|g| keys.get(g)) else {
                 continue;
             };
             match state {
@@ -696,7 +692,7 @@ impl Engine {
     ) -> Facts {
         let mut facts = Facts {
             geo,
-            account_age_ms: e.account.created_at_ms.map(|c| e.ts_ms - c),
+            account_age_ms: e.account_age_ms(),
             ..Facts::default()
         };
         if let Some(m) = memory {

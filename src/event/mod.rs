@@ -167,6 +167,13 @@ pub struct Event {
     pub channel: Option<Channel>,
 }
 
+impl Event {
+    /// How old the account was at the attempt, ms, when its creation is known.
+    pub fn account_age_ms(&self) -> Option<i64> {
+        self.account.created_at_ms.map(|c| self.ts_ms - c)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Card {
     /// Lower-case hex keyed hash of the code as typed.

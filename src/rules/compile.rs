@@ -83,17 +83,25 @@ impl Allow {
 }
 
 impl CompiledRule {
-    /// Whether the rule reads key `k` of an attempt: as its home, its
-    /// group-by key, the key it counts distinct values of, or its scope.
+    /// Whether the rule reads key `k` of an attempt: as its home or as one
+    /// of [`CompiledRule::keys`].
     pub fn uses(&self, k: KeyName) -> bool {
-        let by_kind = match &self.kind {
-            CompiledKind::Threshold {
-                group_by, aggregate, ..
-            } => *group_by == k || *aggregate == CompiledAggregate::Distinct(k),
-            CompiledKind::Quota { group_by, .. } => *group_by == k,
-            CompiledKind::Match => false,
-        };
-        by_kind || self.home == k || self.scope == k
+        self.home == k || self.keys().contains(&k)
+    }
+
+    /// The attempt's keys the rule decides on: its scope, its group-by key
+    /// and the key it counts distinct values of.
+    fn keys(&self) -> Vec<KeyName> {
+        let mut keys = vec![self.scope];
+        keys.extend(self.group_by());
+        if let CompiledKind::Threshold {
+            aggregate: CompiledAggregate::Distinct(k),
+            ..
+        } = self.kind
+        {
+            keys.push(k);
+        }
+        keys
     }
 
     pub fn group_by(&self) -> Option<KeyName> {
@@ -104,17 +112,8 @@ impl CompiledRule {
     }
 
     fn key_needs(&self) -> GeoNeeds {
-        let mut keys = vec![self.scope];
-        keys.extend(self.group_by());
-        if let CompiledKind::Threshold {
-            aggregate: CompiledAggregate::Distinct(k),
-            ..
-        } = self.kind
-        {
-            keys.push(k);
-        }
         GeoNeeds {
-            asn: keys.contains(&KeyName::Asn),
+            asn: self.keys().contains(&KeyName::Asn),
             ..GeoNeeds::default()
         }
     }

@@ -99,7 +99,7 @@ impl Filter {
     /// not applied. `false` means no facts could make it pass.
     #[inline]
     pub fn may_match(&self, e: &Event) -> bool {
-        self.fields_pass(e, e.account.created_at_ms.map(|c| e.ts_ms - c))
+        self.fields_pass(e, e.account_age_ms())
     }
 
     /// The conditions on the attempt's own fields (`account_age_ms` is
@@ -275,7 +275,7 @@ pub struct FieldIndex {
     card_types: Vec<u64>,
     channels: Vec<u64>,
     platforms: Vec<u64>,
-    /// Absent, false, true.
+    /// Absent, false, true ([`verified_slot`]).
     verified: [u64; 3],
     /// Rules with conditions on fields that are not closed.
     open: u64,
@@ -319,8 +319,8 @@ impl FieldIndex {
             })
         };
         let mut verified = [0; 3];
-        for (i, v) in [None, Some(false), Some(true)].into_iter().enumerate() {
-            verified[i] = rules_passing(&|c| c.verified = v);
+        for v in [None, Some(false), Some(true)] {
+            verified[verified_slot(v)] = rules_passing(&|c| c.verified = v);
         }
         Some(FieldIndex {
             kinds: Kind::ALL.iter().map(|k| rules_passing(&|c| c.kind = *k)).collect(),
@@ -348,20 +348,15 @@ impl FieldIndex {
     /// The rules whose filters may match `e` (see [`Filter::may_match`]);
     /// `filters` are the ones the index was made from, in the same order.
     pub fn may_match<'f>(&self, e: &Event, filter: impl Fn(usize) -> &'f Filter) -> u64 {
-        let verified = match e.account.verified {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
-        };
         let mut rules = self.kinds[e.kind.index()]
             & self.outcomes[e.outcome.index()]
             & self.card_types[slot(e.card.card_type)]
             & self.channels[slot(e.channel)]
             & self.platforms[slot(e.device.platform)]
-            & self.verified[verified];
+            & self.verified[verified_slot(e.account.verified)];
         let mut open = rules & self.open;
         if open != 0 {
-            let age = e.account.created_at_ms.map(|c| e.ts_ms - c);
+            let age = e.account_age_ms();
             while open != 0 {
                 let i = open.trailing_zeros() as usize;
                 open &= open - 1;
@@ -372,6 +367,11 @@ impl FieldIndex {
         }
         rules
     }
+}
+
+/// Where `verified` sits in its [`FieldIndex`] table: absent, false, true.
+fn verified_slot(v: Option<bool>) -> usize {
+    v.map_or(0, |b| 1 + b as usize)
 }
 
 /// A variant that `mask` allows (the first; any when `mask` is 0).

@@ -90,6 +90,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         both_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
+        let swept = engine.sweep(engine.now_ms());
+        eprintln!("full sweep: {:.1} ms, {swept} evicted", t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
         let stats = engine.stats();
         let geo = engine.geo_record_counts();
         drop(engine);

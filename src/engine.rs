@@ -42,9 +42,13 @@ pub struct EngineConfig {
     pub dedup_window_secs: u64,
     /// Most event ids remembered per dedup generation.
     pub dedup_max_ids: usize,
-    /// How long account and card memory is kept without activity.
+    /// How long account and card memory is kept without activity: an
+    /// account or card idle this long is new again, swept or not.
     pub memory_ttl_secs: u64,
-    /// How often (event time) idle keys are swept out.
+    /// How often (event time) idle keys are swept out, at most: each store
+    /// about once per eighth of its span (see `Engine::sweep_loaded`). An
+    /// idle key counts as gone as soon as a sweep could evict it, so when
+    /// sweeps run changes memory, never a decision.
     pub sweep_every_secs: u64,
     /// Prefix length for `ip_prefix` keys on IPv4 addresses.
     pub ipv4_prefix_len: u8,
@@ -272,6 +276,8 @@ pub struct Engine {
     clock: EventClock,
     budget: Arc<StateBudget>,
     next_sweep_ms: AtomicI64,
+    /// Sweeps so far, for the stores swept only every few rounds.
+    sweep_rounds: AtomicU64,
     processed: AtomicU64,
     duplicates: AtomicU64,
     decisions: AtomicU64,
@@ -374,7 +380,12 @@ impl Engine {
         }
         let budget = StateBudget::new(config.max_keys);
         let clock = EventClock::default();
-        let states = rules.rules.iter().map(|r| new_state(r, &clock, &budget)).collect();
+        let lateness_ms = config.lateness_secs as i64 * 1000;
+        let states = rules
+            .rules
+            .iter()
+            .map(|r| new_state(r, lateness_ms, &clock, &budget))
+            .collect();
         Ok(Engine {
             loaded: RwLock::new(Loaded {
                 rules,
@@ -398,6 +409,7 @@ impl Engine {
             clock,
             budget,
             next_sweep_ms: AtomicI64::new(i64::MIN),
+            sweep_rounds: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             decisions: AtomicU64::new(0),
@@ -447,7 +459,7 @@ impl Engine {
                     kept += 1;
                     state
                 }
-                None => new_state(r, &self.clock, &self.budget),
+                None => new_state(r, self.lateness_ms(), &self.clock, &self.budget),
             })
             .collect();
         let replaced = Replaced {
@@ -715,7 +727,7 @@ impl Engine {
             Some(bound) => bound != e.account.id.as_ref(),
             None if rules.needs_card_memory => self
                 .cards
-                .read(keys.card, |c| c.bound_account != keys.account)
+                .read(keys.card, self.memory_stale_ms(), |c| c.bound_account != keys.account)
                 .unwrap_or(false),
             None => false,
         };
@@ -796,13 +808,14 @@ impl Engine {
                 let key = keys.get(*group_by)?;
                 let bucket = e.ts_ms.div_euclid(*bucket_ms);
                 let limits = Limits::new(aggregate, *threshold);
+                let stale = self.clock.now_ms() - self.window_idle_ms(*window_ms);
                 let (value, samples) = match (aggregate, state) {
                     (CompiledAggregate::Count | CompiledAggregate::SumFaceValue, RuleState::Sums(store)) => {
                         let amount = match aggregate {
                             CompiledAggregate::SumFaceValue => e.card.face_value_fen?,
                             _ => 1,
                         };
-                        store.with(key, Default::default, |w| {
+                        store.with(key, stale, Default::default, |w| {
                             w.observe(e, limits, |s| s.add(bucket, amount))
                         })?
                     }
@@ -811,6 +824,7 @@ impl Engine {
                         let cap = (*threshold).min(10_000) as usize;
                         store.with_new(
                             key,
+                            stale,
                             || DistinctKey::first(e, value, *threshold),
                             |k, fresh| k.observe(fresh, e, value, (limits, *window_ms, cap)),
                         )??
@@ -940,7 +954,7 @@ impl Engine {
     /// update took two). The rules see only the copy from before.
     fn recall_account(&self, e: &Event, keys: &Keys, geo: &crate::enrich::GeoFacts) -> Option<AccountMemory> {
         if e.outcome != Outcome::Success {
-            return self.accounts.read(keys.account, Clone::clone);
+            return self.accounts.read(keys.account, self.memory_stale_ms(), Clone::clone);
         }
         let place = geo.location.map(|(lat, lon)| Place {
             lat: lat as f32,
@@ -949,19 +963,24 @@ impl Engine {
             ts_ms: e.ts_ms,
         });
         self.accounts
-            .with_new(keys.account, AccountMemory::default, |m, fresh| {
-                let before = (!fresh).then(|| m.clone());
-                m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
-                if let Some(d) = keys.device {
-                    m.learn_device(d);
-                }
-                if let Some(p) = place {
-                    if m.last_place.is_none_or(|old| old.ts_ms <= p.ts_ms) {
-                        m.last_place = Some(p);
+            .with_new(
+                keys.account,
+                self.memory_stale_ms(),
+                AccountMemory::default,
+                |m, fresh| {
+                    let before = (!fresh).then(|| m.clone());
+                    m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
+                    if let Some(d) = keys.device {
+                        m.learn_device(d);
                     }
-                }
-                before
-            })
+                    if let Some(p) = place {
+                        if m.last_place.is_none_or(|old| old.ts_ms <= p.ts_ms) {
+                            m.last_place = Some(p);
+                        }
+                    }
+                    before
+                },
+            )
             .flatten()
     }
 
@@ -980,6 +999,7 @@ impl Engine {
             };
             self.cards.with(
                 keys.card,
+                self.memory_stale_ms(),
                 || CardMemory {
                     bound_account: bound,
                     last_seen_ms: e.ts_ms,
@@ -1011,34 +1031,72 @@ impl Engine {
         {
             return;
         }
-        self.sweep_loaded(loaded, now);
+        self.sweep_loaded(loaded, now, false);
     }
 
     /// Evicts everything that can no longer change a decision at event time `now`.
     pub fn sweep(&self, now: i64) -> usize {
-        self.sweep_loaded(&self.loaded(), now)
+        self.sweep_loaded(&self.loaded(), now, true)
     }
 
-    fn sweep_loaded(&self, loaded: &Loaded, now: i64) -> usize {
-        let lateness = self.config.lateness_secs as i64 * 1000;
+    /// Evicts the keys idle past their span at event time `now`: in every
+    /// store when `all`, else in the stores due this round.
+    ///
+    /// A stale key reads as absent whether it was swept or not
+    /// ([`KeyedStore::with`]), so sweeps only give memory back, and each
+    /// walks its whole store. A store is therefore swept about once per
+    /// eighth of its span (a window and the lateness, or memory's TTL), and
+    /// at most once per `sweep_every_secs`: a day-long window is not walked
+    /// every minute for the few keys that went idle in it. The price is
+    /// idle keys kept up to an eighth of their span longer. While the state
+    /// holds three quarters of `max_keys` or more, every round sweeps every
+    /// store, to make room before the cap refuses new keys.
+    fn sweep_loaded(&self, loaded: &Loaded, now: i64, all: bool) -> usize {
+        let round = self.sweep_rounds.fetch_add(1, Ordering::Relaxed);
+        let state = self.budget.stats();
+        let crowded = state.live_keys >= state.cap / 4 * 3;
+        let every_ms = (self.config.sweep_every_secs as i64 * 1000).max(1);
+        let sweep = |span_ms: i64, evict: &dyn Fn(i64) -> usize| {
+            let period = (span_ms / 8 / every_ms).max(1) as u64;
+            if all || crowded || round % period == 0 {
+                evict(now - span_ms)
+            } else {
+                0
+            }
+        };
         let mut evicted = 0;
         for (rule, state) in loaded.rules.rules.iter().zip(&loaded.states) {
             evicted += match (state, &rule.kind) {
                 (RuleState::Sums(store), CompiledKind::Threshold { window_ms, .. }) => {
-                    store.evict_idle(now - window_ms - lateness)
+                    sweep(self.window_idle_ms(*window_ms), &|h| store.evict_idle(h))
                 }
                 (RuleState::Distincts(store), CompiledKind::Threshold { window_ms, .. }) => {
-                    store.evict_idle(now - window_ms - lateness)
+                    sweep(self.window_idle_ms(*window_ms), &|h| store.evict_idle(h))
                 }
-                (RuleState::Quota(q), _) => q.evict_idle(now - lateness),
+                (RuleState::Quota(q), _) => sweep(q.idle_ms(), &|h| q.evict_idle(h)),
                 _ => 0,
             };
         }
-        let ttl = self.config.memory_ttl_secs as i64 * 1000;
-        evicted += self.accounts.evict_idle(now - ttl);
-        evicted += self.cards.evict_idle(now - ttl);
+        let ttl = self.memory_ttl_ms();
+        evicted += sweep(ttl, &|h| self.accounts.evict_idle(h));
+        evicted += sweep(ttl, &|h| self.cards.evict_idle(h));
         evicted += self.book.expire(now);
         evicted
+    }
+
+    /// How long a key of a window of `window_ms` goes unused before it is
+    /// stale: the window and the lateness.
+    fn window_idle_ms(&self, window_ms: i64) -> i64 {
+        window_ms + self.lateness_ms()
+    }
+
+    fn memory_ttl_ms(&self) -> i64 {
+        self.config.memory_ttl_secs as i64 * 1000
+    }
+
+    /// Account and card memory last touched at or before this is forgotten.
+    fn memory_stale_ms(&self) -> i64 {
+        self.clock.now_ms() - self.memory_ttl_ms()
     }
 
     /// Per open geo database: lookups answered from a kept record, records decoded.
@@ -1093,7 +1151,7 @@ pub struct Replaced {
     pub dropped: usize,
 }
 
-fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>) -> RuleState {
+fn new_state(rule: &CompiledRule, lateness_ms: i64, clock: &EventClock, budget: &Arc<StateBudget>) -> RuleState {
     match rule.kind {
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Distinct(_),
@@ -1109,6 +1167,7 @@ fn new_state(rule: &CompiledRule, clock: &EventClock, budget: &Arc<StateBudget>)
             limit,
             period_secs,
             burst,
+            lateness_ms,
             clock.clone(),
             budget.clone(),
         )),

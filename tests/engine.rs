@@ -433,3 +433,50 @@ fn a_rule_by_address_prefix_counts_a_whole_subnet_even_after_a_reload_adds_it() 
     assert_eq!(out[0].subject, "10.0.7.0/24");
     assert_eq!(out[0].evidence["value"], 5);
 }
+
+/// An idle key reads as absent from the moment a sweep could evict it,
+/// swept or not: when sweeps run changes memory, never a decision. One
+/// engine sweeps every store every ten attempts, the other never; the
+/// traffic is slow (two attempts a second, over five and a half hours of
+/// event time), so windows of ten minutes and an hour, the quota and a
+/// half-hour memory all go idle and come back many times.
+#[test]
+fn when_idle_keys_are_swept_changes_no_decision() {
+    let (_dir, geo, rules) = shipped_rules();
+    let hasher = CodeHasher::with_key(b"engine-test-key");
+    let events: Vec<Event> = kamiguard::pipeline::generate::generate(40_000, 11, 2)
+        .lines()
+        .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
+        .collect();
+    let config = |sweep_every_secs| EngineConfig {
+        memory_ttl_secs: 1800,
+        sweep_every_secs,
+        ..EngineConfig::default()
+    };
+    let decide = |engine: &Engine, sweep_each: Option<usize>| {
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            engine.process(e, &mut out);
+            if sweep_each.is_some_and(|n| i % n == 0) {
+                engine.sweep(engine.now_ms());
+            }
+        }
+        out.iter()
+            .map(|d| serde_json::to_string(d).expect("json"))
+            .collect::<Vec<_>>()
+    };
+
+    let swept = Engine::new(rules.clone(), geo.clone(), config(1)).expect("engine");
+    let kept = Engine::new(rules, geo, config(u32::MAX as u64)).expect("engine");
+    let (swept_out, kept_out) = (decide(&swept, Some(10)), decide(&kept, None));
+
+    assert!(kept_out.len() > 50, "the traffic makes decisions: {}", kept_out.len());
+    assert!(
+        swept.stats().state.evicted > 10_000,
+        "the swept engine evicted {}",
+        swept.stats().state.evicted
+    );
+    assert_eq!(kept.stats().state.evicted, 0);
+    assert!(kept.stats().state.live_keys > swept.stats().state.live_keys);
+    assert_eq!(swept_out, kept_out);
+}

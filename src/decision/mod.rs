@@ -124,8 +124,10 @@ impl DecisionBook {
             until_ms,
             rule: rule.clone(),
         };
+        // The book judges expiry itself (`until_ms`): no state is stale.
         let verdict = self.active.with(
             Self::key(scope, subject, mode),
+            i64::MIN,
             || Active {
                 until_ms: i64::MIN,
                 ..fresh()
@@ -148,11 +150,12 @@ impl DecisionBook {
     /// Lifts the decision in force on a subject (an admin release); returns
     /// what was lifted, or `None` when nothing was in force at `now_ms`.
     pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) -> Option<Active> {
-        let lifted = self.active.read(Self::key(scope, subject, mode), |a| {
+        let lifted = self.active.read(Self::key(scope, subject, mode), i64::MIN, |a| {
             (a.until_ms > now_ms && a.action != Action::Release).then(|| a.clone())
         })??;
         self.active.with(
             Self::key(scope, subject, mode),
+            i64::MIN,
             || lifted.clone(),
             |a| {
                 a.until_ms = now_ms;

@@ -58,6 +58,9 @@ impl LastSeen for Tat {
 pub struct QuotaStore {
     store: Arc<KeyedStore<Tat>>,
     clock: EventClock,
+    /// How long a key stays idle before its quota is whole again and it can
+    /// go (see [`KeyedQuota::new`]).
+    idle_ms: i64,
 }
 
 impl StateStore for QuotaStore {
@@ -70,6 +73,7 @@ impl StateStore for QuotaStore {
         let now_ms = self.clock.now_ms();
         let measured = self.store.with(
             *key,
+            now_ms - self.idle_ms,
             || Tat {
                 nanos: 0,
                 last_ms: now_ms,
@@ -92,24 +96,27 @@ pub struct KeyedQuota {
     limiter: RateLimiter<u64, QuotaStore, EventClock, NoOpMiddleware<Nanos>>,
     /// The same store the limiter owns, kept for eviction and sizing.
     store: Arc<KeyedStore<Tat>>,
-    period_ms: i64,
+    /// A whole period and the lateness: how long a key goes unused before
+    /// it is stale.
+    idle_ms: i64,
 }
 
 impl std::fmt::Debug for KeyedQuota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedQuota")
-            .field("period_ms", &self.period_ms)
-            .finish()
+        f.debug_struct("KeyedQuota").field("idle_ms", &self.idle_ms).finish()
     }
 }
 
 impl KeyedQuota {
     /// `limit` and `burst` are at least 1 and `period_secs` at least 1 (the
-    /// rule compiler checks this), so the quota always exists.
+    /// rule compiler checks this), so the quota always exists. A key idle for
+    /// a whole period has its quota whole again, as a key never seen; it is
+    /// kept `lateness_ms` longer, as windows are, before it counts as gone.
     pub fn new(
         limit: NonZeroU32,
         period_secs: u64,
         burst: NonZeroU32,
+        lateness_ms: i64,
         clock: EventClock,
         budget: Arc<StateBudget>,
     ) -> KeyedQuota {
@@ -119,14 +126,16 @@ impl KeyedQuota {
             .unwrap_or_else(|| Quota::per_second(limit))
             .allow_burst(burst);
         let store = Arc::new(KeyedStore::new(budget));
+        let idle_ms = (period_secs as i64).saturating_mul(1000).saturating_add(lateness_ms);
         let state = QuotaStore {
             store: store.clone(),
             clock: clock.clone(),
+            idle_ms,
         };
         KeyedQuota {
             limiter: RateLimiter::new(quota, state, clock),
             store,
-            period_ms: (period_secs as i64).saturating_mul(1000),
+            idle_ms,
         }
     }
 
@@ -140,9 +149,15 @@ impl KeyedQuota {
         self.store.prefetch(key);
     }
 
-    /// Drops keys idle for a whole period (their quota is full again).
-    pub fn evict_idle(&self, now_ms: i64) -> usize {
-        self.store.evict_idle(now_ms - self.period_ms)
+    /// Drops keys last used at or before `horizon_ms`; keys idle for
+    /// [`KeyedQuota::idle_ms`] have their quota whole again.
+    pub fn evict_idle(&self, horizon_ms: i64) -> usize {
+        self.store.evict_idle(horizon_ms)
+    }
+
+    /// How long a key goes unused before it is stale (see [`KeyedStore::with`]).
+    pub fn idle_ms(&self) -> i64 {
+        self.idle_ms
     }
 
     pub fn len(&self) -> usize {
@@ -166,7 +181,7 @@ mod tests {
     fn allows_burst_then_refuses_until_time_moves() {
         let clock = EventClock::default();
         clock.advance_to(1_000_000);
-        let q = KeyedQuota::new(nz(3), 3600, nz(3), clock.clone(), StateBudget::new(100));
+        let q = KeyedQuota::new(nz(3), 3600, nz(3), 0, clock.clone(), StateBudget::new(100));
         assert!(q.check(7));
         assert!(q.check(7));
         assert!(q.check(7));
@@ -182,10 +197,10 @@ mod tests {
         let clock = EventClock::default();
         clock.advance_to(10_000);
         let budget = StateBudget::new(100);
-        let q = KeyedQuota::new(nz(2), 60, nz(2), clock.clone(), budget.clone());
+        let q = KeyedQuota::new(nz(2), 60, nz(2), 0, clock.clone(), budget.clone());
         q.check(1);
         clock.advance_to(10_000 + 61_000);
-        assert_eq!(q.evict_idle(clock.now_ms()), 1);
+        assert_eq!(q.evict_idle(clock.now_ms() - q.idle_ms()), 1);
         assert_eq!(budget.stats().live_keys, 0);
     }
 }

@@ -169,13 +169,26 @@ impl<V: LastSeen> KeyedStore<V> {
     /// Returns `None` when the key is new and the budget is spent: the attempt
     /// is not tracked under this key, and the cap hit is counted.
     ///
+    /// A state last touched at or before `stale_ms` is what a sweep at this
+    /// moment would evict ([`KeyedStore::evict_idle`] with the same horizon),
+    /// so it is treated as absent and made again with `init`, whether or not a
+    /// sweep has reached it yet: when sweeps run changes memory, never an
+    /// answer. `i64::MIN` keeps every state.
+    ///
     /// The DashMap guard lives only inside this call, never across an await.
-    pub fn with<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-        self.with_new(key, init, |v, _| f(v))
+    pub fn with<R>(&self, key: u64, stale_ms: i64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.with_new(key, stale_ms, init, |v, _| f(v))
     }
 
-    /// As [`KeyedStore::with`], and tells `f` whether `init` just made the state.
-    pub fn with_new<R>(&self, key: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V, bool) -> R) -> Option<R> {
+    /// As [`KeyedStore::with`], and tells `f` whether `init` just made the
+    /// state (new or stale).
+    pub fn with_new<R>(
+        &self,
+        key: u64,
+        stale_ms: i64,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V, bool) -> R,
+    ) -> Option<R> {
         // The shard's table is used directly, as DashMap's own `entry` does,
         // so that an insert can publish where the table now lies. One probe
         // whether the key is there or not: a flood of new keys (the common
@@ -187,8 +200,9 @@ impl<V: LastSeen> KeyedStore<V> {
         // Finding the key or a slot for it may have grown the table (hashbrown
         // makes room first), whether or not the key was there.
         self.layouts[shard].publish(&table);
-        let (bucket, fresh) = match found {
-            Ok(bucket) => (bucket, false),
+        // `init` is kept for a state that was found, to remake it if stale.
+        let (bucket, unused_init) = match found {
+            Ok(bucket) => (bucket, Some(init)),
             Err(slot) => {
                 if !self.budget.try_take() {
                     drop(table);
@@ -206,13 +220,21 @@ impl<V: LastSeen> KeyedStore<V> {
                 // the write lock still held, with nothing inserted since.
                 #[allow(unsafe_code)]
                 let bucket = unsafe { table.insert_in_slot(key, slot, (key, SharedValue::new(init()))) };
-                (bucket, true)
+                (bucket, None)
             }
         };
         // SAFETY: `bucket` is a live slot of `table`, whose write lock is held
         // for as long as the reference lives.
         #[allow(unsafe_code)]
         let value = unsafe { bucket.as_mut() }.1.get_mut();
+        let fresh = match unused_init {
+            None => true,
+            Some(init) if value.last_seen_ms() <= stale_ms => {
+                *value = init();
+                true
+            }
+            Some(_) => false,
+        };
         Some(f(value, fresh))
     }
 
@@ -225,9 +247,12 @@ impl<V: LastSeen> KeyedStore<V> {
             .prefetch(key, std::mem::size_of::<(u64, SharedValue<V>)>());
     }
 
-    /// Reads the state for `key`, if any.
-    pub fn read<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.map.get(&key).map(|v| f(&v))
+    /// Reads the state for `key`, if any that is not stale (see [`KeyedStore::with`]).
+    pub fn read<R>(&self, key: u64, stale_ms: i64, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.map
+            .get(&key)
+            .filter(|v| v.last_seen_ms() > stale_ms)
+            .map(|v| f(&v))
     }
 
     /// Drops every key last touched at or before `horizon_ms`.
@@ -320,14 +345,14 @@ mod tests {
         let budget = StateBudget::new(3);
         let store = KeyedStore::<V>::new(budget.clone());
         for k in 0..10u64 {
-            store.with(k, || V(k as i64), |_| ());
+            store.with(k, i64::MIN, || V(k as i64), |_| ());
         }
         assert_eq!(store.len(), 3);
         let stats = budget.stats();
         assert_eq!(stats.live_keys, 3);
         assert_eq!(stats.cap_hits, 7);
         // existing keys still update at the cap
-        assert_eq!(store.with(1, || V(0), |v| v.0), Some(1));
+        assert_eq!(store.with(1, i64::MIN, || V(0), |v| v.0), Some(1));
     }
 
     #[test]
@@ -341,7 +366,7 @@ mod tests {
             for _ in 0..2 {
                 s.spawn(|| {
                     for k in 0..keys {
-                        store.with(key_of(&k), || V(0), |v| v.0 += 1);
+                        store.with(key_of(&k), i64::MIN, || V(0), |v| v.0 += 1);
                     }
                 });
             }
@@ -354,8 +379,30 @@ mod tests {
         assert_eq!(store.len(), keys as usize);
         assert_eq!(budget.stats().live_keys, keys as usize);
         for k in 0..keys {
-            assert_eq!(store.read(key_of(&k), |v| v.0), Some(2), "key {k}");
+            assert_eq!(store.read(key_of(&k), i64::MIN, |v| v.0), Some(2), "key {k}");
         }
+    }
+
+    #[test]
+    fn a_stale_key_reads_as_absent_and_is_remade_before_any_sweep() {
+        let budget = StateBudget::new(10);
+        let store = KeyedStore::<V>::new(budget.clone());
+        store.with(1, i64::MIN, || V(100), |_| ());
+        // Still live at a horizon before its last touch.
+        assert_eq!(store.read(1, 99, |v| v.0), Some(100));
+        assert_eq!(
+            store.with_new(1, 99, || V(0), |v, fresh| (v.0, fresh)),
+            Some((100, false))
+        );
+        // At or past it: what a sweep would evict, so absent, then made again.
+        assert_eq!(store.read(1, 100, |v| v.0), None);
+        assert_eq!(
+            store.with_new(1, 100, || V(7), |v, fresh| (v.0, fresh)),
+            Some((7, true))
+        );
+        // Remade in place: still one key against the budget.
+        assert_eq!(budget.stats().live_keys, 1);
+        assert_eq!(store.read(1, 6, |v| v.0), Some(7));
     }
 
     #[test]
@@ -363,11 +410,11 @@ mod tests {
         let budget = StateBudget::new(3);
         let store = KeyedStore::<V>::new(budget.clone());
         for k in 0..3u64 {
-            store.with(k, || V(k as i64 * 100), |_| ());
+            store.with(k, i64::MIN, || V(k as i64 * 100), |_| ());
         }
         assert_eq!(store.evict_idle(150), 2);
         assert_eq!(budget.stats().live_keys, 1);
         assert_eq!(budget.stats().evicted, 2);
-        assert!(store.with(7, || V(500), |_| ()).is_some());
+        assert!(store.with(7, i64::MIN, || V(500), |_| ()).is_some());
     }
 }

@@ -33,7 +33,8 @@ pub const MAX_SAMPLES: usize = 10;
 pub struct EngineConfig {
     /// Most keys all state together may hold (windows, quotas, account and
     /// card memory, active decisions). At the cap new keys are not tracked and
-    /// `cap_hits` counts them.
+    /// `cap_hits` counts them; past three quarters of it, neither are a
+    /// store's beyond its share (see `StateBudget::try_take`).
     pub max_keys: usize,
     /// How late (event time) an attempt may arrive and still be counted in
     /// its own window; also how long idle keys are kept past their window.
@@ -1053,8 +1054,7 @@ impl Engine {
     /// store, to make room before the cap refuses new keys.
     fn sweep_loaded(&self, loaded: &Loaded, now: i64, all: bool) -> usize {
         let round = self.sweep_rounds.fetch_add(1, Ordering::Relaxed);
-        let state = self.budget.stats();
-        let crowded = state.live_keys >= state.cap / 4 * 3;
+        let crowded = self.budget.crowded();
         let every_ms = (self.config.sweep_every_secs as i64 * 1000).max(1);
         let sweep = |span_ms: i64, evict: &dyn Fn(i64) -> usize| {
             let period = (span_ms / 8 / every_ms).max(1) as u64;

@@ -138,7 +138,7 @@ impl Metrics {
                 .with_label_values(&[] as &[&str]),
             state_cap_hits: counter(
                 "state_cap_hits_total",
-                "New keys not tracked because the state cap was reached.",
+                "New keys not tracked: the state cap was reached, or a store held more than its share past three quarters of it.",
                 &[],
             )
             .with_label_values(&[] as &[&str]),

@@ -480,3 +480,53 @@ fn when_idle_keys_are_swept_changes_no_decision() {
     assert!(kept.stats().state.live_keys > swept.stats().state.live_keys);
     assert_eq!(swept_out, kept_out);
 }
+
+/// An attacker who floods one store with fresh keys (rotating addresses
+/// here) fills the key budget; the budget must not then blind every other
+/// rule. Past three quarters of the cap a store holding more than its share
+/// stops growing, so the quota still sees a new account draining cards.
+#[test]
+fn a_flood_of_random_addresses_does_not_blind_the_per_account_quota() {
+    let rules = format!(
+        "{RULE}\n{}",
+        r#"[[rule]]
+id = "quota"
+kind = "quota"
+filter = { outcome = ["success"] }
+group_by = "account"
+limit = 10
+period_secs = 3600
+burst = 10
+action = "challenge"
+score = 40
+"#
+    );
+    let engine = engine_of(
+        &rules,
+        EngineConfig {
+            max_keys: 1_000,
+            ..EngineConfig::default()
+        },
+    );
+    let mut out = Vec::new();
+    for i in 0..5_000u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        engine.process(&attempt(&format!("f-{i}"), i / 100, &ip), &mut out);
+    }
+    assert!(engine.stats().state.cap_hits > 3_000, "{:?}", engine.stats().state);
+    // Then a new account redeems fifteen cards in a minute.
+    for i in 0..15u32 {
+        let line = format!(
+            r#"{{"event_id":"v-{i}","ts":"2026-11-22T10:01:{i:02}Z","kind":"redemption","outcome":"success","card":{{"code_hash":"c0ffee{i:02}"}},"account":{{"id":"victim"}},"ip":"10.200.0.1"}}"#
+        );
+        engine.process(
+            &parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid"),
+            &mut out,
+        );
+    }
+    let quota: Vec<_> = out.iter().filter(|d| &*d.rule == "quota").collect();
+    assert_eq!(quota.len(), 1, "{out:?}");
+    assert_eq!(quota[0].subject, "victim");
+    assert_eq!(quota[0].trigger_event_id, "v-10");
+    assert!(engine.stats().state.live_keys <= 1_000);
+}

@@ -50,6 +50,8 @@ pub type TableHasher = std::hash::BuildHasherDefault<PreHashed>;
 pub struct StateBudget {
     cap: usize,
     live: AtomicUsize,
+    /// Stores drawing on the budget, for their fair share under pressure.
+    stores: AtomicUsize,
     evicted: AtomicU64,
     cap_hits: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl StateBudget {
         Arc::new(StateBudget {
             cap,
             live: AtomicUsize::new(0),
+            stores: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             cap_hits: AtomicU64::new(0),
         })
@@ -82,9 +85,31 @@ impl StateBudget {
         }
     }
 
-    fn try_take(&self) -> bool {
+    /// Whether the stores hold three quarters of the cap or more: from
+    /// there on, only a store under its fair share takes new keys
+    /// ([`StateBudget::try_take`]), and the engine sweeps every store at
+    /// every round.
+    pub fn crowded(&self) -> bool {
+        self.live.load(Ordering::Relaxed) >= self.crowded_from()
+    }
+
+    fn crowded_from(&self) -> usize {
+        self.cap - self.cap / 4
+    }
+
+    /// Takes a key for a store that holds `mine` keys. Up to three quarters
+    /// of the cap any store may; past that, only a store under its fair
+    /// share (the cap over the number of stores). A flood of fresh keys in
+    /// one store (an attacker rotating addresses or codes) then leaves the
+    /// last quarter to the other stores instead of blinding every rule to
+    /// new keys.
+    fn try_take(&self, mine: usize) -> bool {
+        let fair = self.cap / self.stores.load(Ordering::Relaxed).max(1);
+        let crowded_from = self.crowded_from();
         self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.cap).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap && (n < crowded_from || mine < fair)).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -109,6 +134,9 @@ pub trait LastSeen {
 #[derive(Debug)]
 pub struct KeyedStore<V> {
     map: DashMap<u64, V, TableHasher>,
+    /// Keys held, for the store's fair share of the budget (the map's own
+    /// `len` locks every shard).
+    live: AtomicUsize,
     /// Per shard, where its table lies, for [`KeyedStore::prefetch`].
     layouts: Box<[Layout]>,
     budget: Arc<StateBudget>,
@@ -158,7 +186,9 @@ impl Layout {
 impl<V: LastSeen> KeyedStore<V> {
     pub fn new(budget: Arc<StateBudget>) -> KeyedStore<V> {
         let map = DashMap::with_hasher(TableHasher::default());
+        budget.stores.fetch_add(1, Ordering::Relaxed);
         KeyedStore {
+            live: AtomicUsize::new(0),
             layouts: map.shards().iter().map(|_| Layout::default()).collect(),
             map,
             budget,
@@ -204,7 +234,7 @@ impl<V: LastSeen> KeyedStore<V> {
         let (bucket, unused_init) = match found {
             Ok(bucket) => (bucket, Some(init)),
             Err(slot) => {
-                if !self.budget.try_take() {
+                if !self.budget.try_take(self.live.load(Ordering::Relaxed)) {
                     drop(table);
                     let hits = self.budget.note_cap_hit();
                     if hits.is_power_of_two() {
@@ -220,6 +250,7 @@ impl<V: LastSeen> KeyedStore<V> {
                 // the write lock still held, with nothing inserted since.
                 #[allow(unsafe_code)]
                 let bucket = unsafe { table.insert_in_slot(key, slot, (key, SharedValue::new(init()))) };
+                self.live.fetch_add(1, Ordering::Relaxed);
                 (bucket, None)
             }
         };
@@ -257,9 +288,15 @@ impl<V: LastSeen> KeyedStore<V> {
 
     /// Drops every key last touched at or before `horizon_ms`.
     pub fn evict_idle(&self, horizon_ms: i64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, v| v.last_seen_ms() > horizon_ms);
-        let removed = before.saturating_sub(self.map.len());
+        // Counted as removed, not as a difference of lengths: other threads
+        // may insert into the shards not being walked.
+        let mut removed = 0;
+        self.map.retain(|_, v| {
+            let keep = v.last_seen_ms() > horizon_ms;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.live.fetch_sub(removed, Ordering::Relaxed);
         self.budget.give_back(removed, true);
         removed
     }
@@ -326,6 +363,7 @@ impl<V> Drop for KeyedStore<V> {
     fn drop(&mut self) {
         // Keys of a dropped store (a rule removed on reload) go back to the budget.
         self.budget.give_back(self.map.len(), false);
+        self.budget.stores.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -381,6 +419,32 @@ mod tests {
         for k in 0..keys {
             assert_eq!(store.read(key_of(&k), i64::MIN, |v| v.0), Some(2), "key {k}");
         }
+    }
+
+    #[test]
+    fn past_three_quarters_of_the_cap_only_a_store_under_its_share_grows() {
+        let budget = StateBudget::new(8);
+        let (flooded, other) = (
+            KeyedStore::<V>::new(budget.clone()),
+            KeyedStore::<V>::new(budget.clone()),
+        );
+        let tracked = |store: &KeyedStore<V>, keys: std::ops::Range<u64>| {
+            keys.filter(|k| store.with(*k, i64::MIN, || V(0), |_| ()).is_some())
+                .count()
+        };
+        // The flood takes three quarters of the cap (6 of 8), then stops:
+        // it holds more than its share (8 over 2 stores).
+        assert_eq!(tracked(&flooded, 0..100), 6);
+        assert!(budget.crowded());
+        // The other store takes the rest, up to the cap.
+        assert_eq!(tracked(&other, 0..100), 2);
+        assert_eq!(budget.stats().live_keys, 8);
+        assert_eq!(budget.stats().cap_hits, 94 + 98);
+        // Keys already tracked still update.
+        assert_eq!(flooded.with(0, i64::MIN, || V(0), |v| v.0 = 5), Some(()));
+        // Evicted keys make room again, for the store they came from too.
+        assert_eq!(flooded.evict_idle(0), 5);
+        assert_eq!(tracked(&flooded, 100..103), 3);
     }
 
     #[test]

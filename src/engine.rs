@@ -397,8 +397,8 @@ impl Engine {
             global_allow_set: AtomicBool::new(false),
             routed_homes: RwLock::new(None),
             geo,
-            accounts: KeyedStore::new(budget.clone()),
-            cards: KeyedStore::new(budget.clone()),
+            accounts: KeyedStore::new(budget.clone()).named("account memory"),
+            cards: KeyedStore::new(budget.clone()).named("card memory"),
             // The book has a budget of its own: a flood of attacker keys filling
             // the window budget must not make active decisions forgettable
             // (that would republish every decision on every attempt).
@@ -1099,6 +1099,24 @@ impl Engine {
         self.clock.now_ms() - self.memory_ttl_ms()
     }
 
+    /// New keys refused at the cap, by store (a rule's id, "account memory",
+    /// "card memory"), for the stores of the rules in force that refused any.
+    pub fn cap_hits_by_store(&self) -> Vec<(String, u64)> {
+        let loaded = self.loaded();
+        let rules = loaded.states.iter().filter_map(|state| match state {
+            RuleState::Sums(store) => Some(store.cap_hits()),
+            RuleState::Distincts(store) => Some(store.cap_hits()),
+            RuleState::Quota(quota) => Some(quota.cap_hits()),
+            RuleState::Stateless => None,
+        });
+        [self.accounts.cap_hits(), self.cards.cap_hits()]
+            .into_iter()
+            .chain(rules)
+            .filter(|(_, hits)| *hits > 0)
+            .map(|(name, hits)| (name.to_string(), hits))
+            .collect()
+    }
+
     /// Per open geo database: lookups answered from a kept record, records decoded.
     pub fn geo_record_counts(&self) -> Vec<(&'static str, u64, u64)> {
         self.geo.record_counts()
@@ -1156,8 +1174,8 @@ fn new_state(rule: &CompiledRule, lateness_ms: i64, clock: &EventClock, budget: 
         CompiledKind::Threshold {
             aggregate: CompiledAggregate::Distinct(_),
             ..
-        } => RuleState::Distincts(KeyedStore::new(budget.clone())),
-        CompiledKind::Threshold { .. } => RuleState::Sums(KeyedStore::new(budget.clone())),
+        } => RuleState::Distincts(KeyedStore::new(budget.clone()).named(rule.id.clone())),
+        CompiledKind::Threshold { .. } => RuleState::Sums(KeyedStore::new(budget.clone()).named(rule.id.clone())),
         CompiledKind::Quota {
             limit,
             period_secs,
@@ -1170,6 +1188,7 @@ fn new_state(rule: &CompiledRule, lateness_ms: i64, clock: &EventClock, budget: 
             lateness_ms,
             clock.clone(),
             budget.clone(),
+            &rule.id,
         )),
         CompiledKind::Match => RuleState::Stateless,
     }

@@ -297,9 +297,16 @@ fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow:
     eprint!("{}", summary.render());
     let stats = engine.stats();
     if stats.state.cap_hits > 0 {
+        let by_store: Vec<String> = engine
+            .cap_hits_by_store()
+            .iter()
+            .map(|(store, hits)| format!("{store} {hits}"))
+            .collect();
         eprintln!(
-            "warning: the state key cap ({}) was reached {} times; raise engine.max_keys",
-            stats.state.cap, stats.state.cap_hits
+            "warning: the state key cap ({}) was reached {} times ({}); raise engine.max_keys",
+            stats.state.cap,
+            stats.state.cap_hits,
+            by_store.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -513,7 +513,13 @@ score = 40
         let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
         engine.process(&attempt(&format!("f-{i}"), i / 100, &ip), &mut out);
     }
-    assert!(engine.stats().state.cap_hits > 3_000, "{:?}", engine.stats().state);
+    let stats = engine.stats().state;
+    assert!(stats.cap_hits > 3_000, "{stats:?}");
+    // The refusals are pinned on the flooded rule's store.
+    assert_eq!(
+        engine.cap_hits_by_store(),
+        vec![("ip-guessing".to_string(), stats.cap_hits)]
+    );
     // Then a new account redeems fifteen cards in a minute.
     for i in 0..15u32 {
         let line = format!(

@@ -96,7 +96,7 @@ pub struct DecisionBook {
 impl DecisionBook {
     pub fn new(budget: Arc<StateBudget>) -> DecisionBook {
         DecisionBook {
-            active: KeyedStore::new(budget),
+            active: KeyedStore::new(budget).named("decision book"),
         }
     }
 

@@ -119,13 +119,14 @@ impl KeyedQuota {
         lateness_ms: i64,
         clock: EventClock,
         budget: Arc<StateBudget>,
+        name: &str,
     ) -> KeyedQuota {
         let period = Duration::from_secs(period_secs.max(1));
         let per_cell = period / limit.get();
         let quota = Quota::with_period(per_cell)
             .unwrap_or_else(|| Quota::per_second(limit))
             .allow_burst(burst);
-        let store = Arc::new(KeyedStore::new(budget));
+        let store = Arc::new(KeyedStore::new(budget).named(name));
         let idle_ms = (period_secs as i64).saturating_mul(1000).saturating_add(lateness_ms);
         let state = QuotaStore {
             store: store.clone(),
@@ -164,6 +165,11 @@ impl KeyedQuota {
         self.store.len()
     }
 
+    /// See [`KeyedStore::cap_hits`].
+    pub fn cap_hits(&self) -> (&str, u64) {
+        self.store.cap_hits()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -181,7 +187,7 @@ mod tests {
     fn allows_burst_then_refuses_until_time_moves() {
         let clock = EventClock::default();
         clock.advance_to(1_000_000);
-        let q = KeyedQuota::new(nz(3), 3600, nz(3), 0, clock.clone(), StateBudget::new(100));
+        let q = KeyedQuota::new(nz(3), 3600, nz(3), 0, clock.clone(), StateBudget::new(100), "q");
         assert!(q.check(7));
         assert!(q.check(7));
         assert!(q.check(7));
@@ -197,7 +203,7 @@ mod tests {
         let clock = EventClock::default();
         clock.advance_to(10_000);
         let budget = StateBudget::new(100);
-        let q = KeyedQuota::new(nz(2), 60, nz(2), 0, clock.clone(), budget.clone());
+        let q = KeyedQuota::new(nz(2), 60, nz(2), 0, clock.clone(), budget.clone(), "q");
         q.check(1);
         clock.advance_to(10_000 + 61_000);
         assert_eq!(q.evict_idle(clock.now_ms() - q.idle_ms()), 1);

@@ -120,8 +120,8 @@ impl StateBudget {
         }
     }
 
-    pub(crate) fn note_cap_hit(&self) -> u64 {
-        self.cap_hits.fetch_add(1, Ordering::Relaxed) + 1
+    fn note_cap_hit(&self) {
+        self.cap_hits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -137,6 +137,11 @@ pub struct KeyedStore<V> {
     /// Keys held, for the store's fair share of the budget (the map's own
     /// `len` locks every shard).
     live: AtomicUsize,
+    /// What the store keeps (a rule's id, "account memory"), for the log
+    /// and the summary when it refuses keys.
+    name: Arc<str>,
+    /// New keys this store refused ([`StateBudget::try_take`]).
+    cap_hits: AtomicU64,
     /// Per shard, where its table lies, for [`KeyedStore::prefetch`].
     layouts: Box<[Layout]>,
     budget: Arc<StateBudget>,
@@ -184,11 +189,25 @@ impl Layout {
 }
 
 impl<V: LastSeen> KeyedStore<V> {
+    /// What the store keeps, named in the log and the summary when it
+    /// refuses keys.
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> KeyedStore<V> {
+        self.name = name.into();
+        self
+    }
+
+    /// The store's name and the new keys it refused.
+    pub fn cap_hits(&self) -> (&str, u64) {
+        (&self.name, self.cap_hits.load(Ordering::Relaxed))
+    }
+
     pub fn new(budget: Arc<StateBudget>) -> KeyedStore<V> {
         let map = DashMap::with_hasher(TableHasher::default());
         budget.stores.fetch_add(1, Ordering::Relaxed);
         KeyedStore {
             live: AtomicUsize::new(0),
+            name: Arc::from("state"),
+            cap_hits: AtomicU64::new(0),
             layouts: map.shards().iter().map(|_| Layout::default()).collect(),
             map,
             budget,
@@ -236,12 +255,14 @@ impl<V: LastSeen> KeyedStore<V> {
             Err(slot) => {
                 if !self.budget.try_take(self.live.load(Ordering::Relaxed)) {
                     drop(table);
-                    let hits = self.budget.note_cap_hit();
+                    self.budget.note_cap_hit();
+                    let hits = self.cap_hits.fetch_add(1, Ordering::Relaxed) + 1;
                     if hits.is_power_of_two() {
                         tracing::warn!(
+                            store = %self.name,
                             cap = self.budget.cap,
                             hits,
-                            "State key cap reached; new keys are not tracked."
+                            "State key cap reached for this store; its new keys are not tracked."
                         );
                     }
                     return None;

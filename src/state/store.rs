@@ -104,11 +104,13 @@ impl StateBudget {
     /// last quarter to the other stores instead of blinding every rule to
     /// new keys.
     fn try_take(&self, mine: usize) -> bool {
-        let fair = self.cap / self.stores.load(Ordering::Relaxed).max(1);
         let crowded_from = self.crowded_from();
+        // Under its share: `mine < cap / stores`, without a division on
+        // every new key, and only asked once crowded.
+        let under_share = || mine.saturating_mul(self.stores.load(Ordering::Relaxed).max(1)) < self.cap;
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap && (n < crowded_from || mine < fair)).then_some(n + 1)
+                (n < crowded_from || (n < self.cap && under_share())).then_some(n + 1)
             })
             .is_ok()
     }

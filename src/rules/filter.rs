@@ -85,7 +85,14 @@ impl Filter {
             && equals(self.bound_to_other_account, Some(f.bound_to_other_account))
             && at_least(self.min_distance_km, f.distance_km)
             && at_least(self.min_speed_kmh, f.speed_kmh);
-        passes && !self.exclude.as_ref().is_some_and(|x| x.excludes(e, f))
+        // The exclusion's closed fields first, inline: most exclusions are
+        // on one of them (`card_type = ["custom"]`), and most attempts fail
+        // it, which saves the call (about 100 instructions).
+        passes
+            && !self
+                .exclude
+                .as_ref()
+                .is_some_and(|x| x.closed_fields_pass(&ClosedFields::of(e)) && x.excludes(e, f))
     }
 
     /// The exclusion's match, kept out of line: few filters have one.

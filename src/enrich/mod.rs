@@ -166,8 +166,6 @@ struct Database<T> {
 ///   every database's search tree.
 struct Recent<K, T> {
     table: Mutex<Table<K, T>>,
-    /// log2 of the number of slots.
-    bits: u32,
 }
 
 struct Table<K, T> {
@@ -177,36 +175,25 @@ struct Table<K, T> {
     decoded: u64,
 }
 
-/// Slots of the table of addresses: 65,536 entries of 64 bytes, 4 MiB. On
-/// the benchmark's million attempts it answers 84% of lookups where 4,096
-/// slots answered 64%, and each address it misses walks every database's
-/// search tree, which in a full-size City database is far deeper than in
-/// the benchmark's fixture (BENCHMARKS.md, Session 9).
-const ADDRESS_SLOTS: usize = 1 << 16;
-
-/// Slots of a database's table of decoded records: 4,096 entries of 16 to
-/// 40 bytes. Records are shared by many networks (a city's), and only
-/// addresses missed above get here.
-const RECORD_SLOTS: usize = 1 << 12;
+/// Slots per table: 4,096 entries (576 KiB for all four tables: 64-byte
+/// address slots, 16 to 40 bytes for a database's).
+const RECENT_SLOTS: usize = 4096;
 
 impl<K: Copy + PartialEq, T: Copy> Recent<K, T> {
-    /// A table of `slots` entries, a power of two.
-    fn new(slots: usize) -> Recent<K, T> {
-        debug_assert!(slots.is_power_of_two());
+    fn new() -> Recent<K, T> {
         Recent {
             table: Mutex::new(Table {
-                slots: vec![None; slots],
+                slots: vec![None; RECENT_SLOTS],
                 kept: 0,
                 decoded: 0,
             }),
-            bits: slots.trailing_zeros(),
         }
     }
 
     /// The facts for `key`, worked out by `decode` when not kept. `hash`
     /// spreads keys over the slots: any mix of the key's bits.
     fn get_or(&self, key: K, hash: u64, decode: impl FnOnce() -> T) -> T {
-        let slot = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - self.bits)) as usize;
+        let slot = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (u64::BITS - RECENT_SLOTS.trailing_zeros())) as usize;
         // Held for a read or a write, never while decoding; nothing panics under it.
         let lock = || self.table.lock().unwrap_or_else(|p| p.into_inner());
         {
@@ -267,7 +254,7 @@ impl Default for GeoDatabases {
             city: None,
             asn: None,
             anonymous: None,
-            addresses: Recent::new(ADDRESS_SLOTS),
+            addresses: Recent::new(),
         }
     }
 }
@@ -290,7 +277,7 @@ fn open<T: Copy>(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Da
             })?;
             Ok(Database {
                 reader,
-                recent: Recent::new(RECORD_SLOTS),
+                recent: Recent::new(),
             })
         })
         .transpose()
@@ -303,7 +290,7 @@ impl GeoDatabases {
             city: open("City", &config.city)?,
             asn: open("ASN", &config.asn)?,
             anonymous: open("Anonymous-IP", &config.anonymous)?,
-            addresses: Recent::new(ADDRESS_SLOTS),
+            addresses: Recent::new(),
         })
     }
 

@@ -7,8 +7,10 @@
 //! `engine` bench), every rule of `config/rules`, 5 runs. RULE_IDS is `all`,
 //! `none` (no rule: the engine's fixed cost) or a comma-separated list of rule
 //! ids to keep. Prints, per run, the time to parse every line alone, to parse
-//! and process every line (streaming, as `replay` does), and to drop the
-//! engine with its state; then the medians and the engine's share. `ahead`
+//! and process every line (streaming, as `replay` does), to sweep the whole
+//! state once at the end (every store walked, as sweeps did every minute
+//! before session 9), and to drop the engine with its state; then the
+//! medians and the engine's share. `ahead`
 //! (the default) decides each event once the next is parsed and prepared
 //! (its keys hashed, the filters judged on its fields, its state
 //! prefetched), as `replay` does; `plain` decides each as it is parsed.

@@ -57,6 +57,13 @@ pub struct EngineConfig {
     pub ipv6_prefix_len: u8,
 }
 
+impl EngineConfig {
+    /// `lateness_secs` in milliseconds.
+    pub fn lateness_ms(&self) -> i64 {
+        self.lateness_secs as i64 * 1000
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -381,11 +388,10 @@ impl Engine {
         }
         let budget = StateBudget::new(config.max_keys);
         let clock = EventClock::default();
-        let lateness_ms = config.lateness_secs as i64 * 1000;
         let states = rules
             .rules
             .iter()
-            .map(|r| new_state(r, lateness_ms, &clock, &budget))
+            .map(|r| new_state(r, config.lateness_ms(), &clock, &budget))
             .collect();
         Ok(Engine {
             loaded: RwLock::new(Loaded {
@@ -1129,7 +1135,7 @@ impl Engine {
 
     /// How late an event may arrive and still count, ms.
     pub fn lateness_ms(&self) -> i64 {
-        self.config.lateness_secs as i64 * 1000
+        self.config.lateness_ms()
     }
 
     /// Latest event time seen, ms.

@@ -92,13 +92,15 @@ impl Filter {
             && !self
                 .exclude
                 .as_ref()
-                .is_some_and(|x| x.closed_fields_pass(&ClosedFields::of(e)) && x.excludes(e, f))
+                .is_some_and(|x| x.closed_fields_pass(&ClosedFields::of(e)) && x.excludes_beyond_closed(e, f))
     }
 
-    /// The exclusion's match, kept out of line: few filters have one.
+    /// The rest of an exclusion's match once its closed fields pass
+    /// ([`Filter::matches`] less those), kept out of line: few attempts
+    /// get this far.
     #[inline(never)]
-    fn excludes(&self, e: &Event, f: &Facts) -> bool {
-        self.matches(e, f)
+    fn excludes_beyond_closed(&self, e: &Event, f: &Facts) -> bool {
+        self.open_fields_pass(e, f.account_age_ms) && self.facts_pass(e, f)
     }
 
     /// Whether the attempt could pass, judged on its own fields alone:

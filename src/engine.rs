@@ -143,10 +143,10 @@ impl Limits {
 impl<A> WindowKey<A> {
     /// Adds the event through `add`; returns the aggregate and, when it
     /// reaches the threshold, the samples before this event.
-    fn observe(&mut self, e: &Event, limits: Limits, add: impl FnOnce(&mut A) -> u64) -> (u64, Option<Vec<String>>) {
+    fn observe(&mut self, e: &Event, limits: Limits, add: impl FnOnce(&mut A) -> u64) -> (u64, Option<Vec<Arc<str>>>) {
         self.last_ms = self.last_ms.max(e.ts_ms);
         let value = add(&mut self.agg);
-        let samples = (value >= limits.threshold).then(|| self.samples.iter().map(|s| s.to_string()).collect());
+        let samples = (value >= limits.threshold).then(|| self.samples.to_vec());
         if value < limits.keep_from {
             // Below the episode: what was kept can no longer be sampled.
             self.samples = SmallVec::new();
@@ -214,7 +214,7 @@ impl DistinctKey {
         e: &Event,
         value: u64,
         (limits, window_ms, cap): (Limits, i64, usize),
-    ) -> Option<(u64, Option<Vec<String>>)> {
+    ) -> Option<(u64, Option<Vec<Arc<str>>>)> {
         let w = match self {
             DistinctKey::Once(_) if fresh => return None,
             DistinctKey::Once(s) => {
@@ -719,7 +719,11 @@ impl Engine {
                 facts.new_device = Some(m.has_history() && !m.knows_device(device));
             }
             if let (Some(here), Some(last)) = (geo.location, m.last_place) {
-                let d = distance_km((last.lat as f64, last.lon as f64), here);
+                // Both ends at the precision a place is kept in (`f32`,
+                // about a metre): the same city twice is then 0 km apart,
+                // not a rounding error apart, and costs no trigonometry.
+                let kept = |lat: f32, lon: f32| (lat as f64, lon as f64);
+                let d = distance_km(kept(last.lat, last.lon), kept(here.0 as f32, here.1 as f32));
                 facts.distance_km = Some(d);
                 // Under a minute apart counts as a minute: clocks and batching
                 // jitter, and zero would make any distance infinitely fast.
@@ -839,31 +843,38 @@ impl Engine {
                     _ => return None,
                 };
                 let samples = samples?;
-                let group_subject = subject(*group_by, e, keys, facts)?;
-                let (shown, limit) = match aggregate {
-                    CompiledAggregate::SumFaceValue => (yuan(value), yuan(*threshold)),
-                    _ => (value.to_string(), threshold.to_string()),
-                };
-                let reason = format!(
-                    "{shown} {} {} {} {group_subject} in {} (threshold {limit})",
-                    rule.noun,
-                    preposition(*group_by),
-                    group_by.as_str().replace('_', " "),
-                    human_secs(window_ms / 1000)
-                );
-                let evidence = json!({
-                    "aggregate": match aggregate {
-                        CompiledAggregate::Count => "count".to_string(),
-                        CompiledAggregate::SumFaceValue => "sum_face_value".to_string(),
-                        CompiledAggregate::Distinct(of) => format!("distinct {}", of.as_str()),
-                    },
-                    "value": value,
-                    "threshold": threshold,
-                    "window_secs": window_ms / 1000,
-                    "group_by": group_by.as_str(),
-                    "key": group_subject,
-                });
-                self.decide(rule, e, keys, facts, reason, evidence, samples)
+                self.decide(rule, e, keys, facts, |subject| {
+                    // The key the rule counts by is present (it was counted),
+                    // so its subject is too.
+                    let group_subject = match *group_by == rule.scope {
+                        true => subject.to_string(),
+                        false => self::subject(*group_by, e, keys, facts).unwrap_or_default(),
+                    };
+                    let (shown, limit) = match aggregate {
+                        CompiledAggregate::SumFaceValue => (yuan(value), yuan(*threshold)),
+                        _ => (value.to_string(), threshold.to_string()),
+                    };
+                    let reason = format!(
+                        "{shown} {} {} {} {group_subject} in {} (threshold {limit})",
+                        rule.noun,
+                        preposition(*group_by),
+                        group_by.as_str().replace('_', " "),
+                        human_secs(window_ms / 1000)
+                    );
+                    let evidence = json!({
+                        "aggregate": match aggregate {
+                            CompiledAggregate::Count => "count".to_string(),
+                            CompiledAggregate::SumFaceValue => "sum_face_value".to_string(),
+                            CompiledAggregate::Distinct(of) => format!("distinct {}", of.as_str()),
+                        },
+                        "value": value,
+                        "threshold": threshold,
+                        "window_secs": window_ms / 1000,
+                        "group_by": group_by.as_str(),
+                        "key": group_subject,
+                    });
+                    (reason, evidence, samples.iter().map(|s| s.to_string()).collect())
+                })
             }
             (
                 CompiledKind::Quota {
@@ -878,23 +889,28 @@ impl Engine {
                 if quota.check(key) {
                     return None;
                 }
-                let group_subject = subject(*group_by, e, keys, facts)?;
-                let reason = format!(
-                    "{} {group_subject} is over its quota of {limit} {} per {} (burst {burst})",
-                    group_by.as_str().replace('_', " "),
-                    rule.noun,
-                    human_secs(*period_secs as i64)
-                );
-                let evidence = json!({
-                    "limit": limit.get(),
-                    "period_secs": period_secs,
-                    "burst": burst.get(),
-                    "group_by": group_by.as_str(),
-                    "key": group_subject,
-                });
-                self.decide(rule, e, keys, facts, reason, evidence, Vec::new())
+                self.decide(rule, e, keys, facts, |subject| {
+                    let group_subject = match *group_by == rule.scope {
+                        true => subject.to_string(),
+                        false => self::subject(*group_by, e, keys, facts).unwrap_or_default(),
+                    };
+                    let reason = format!(
+                        "{} {group_subject} is over its quota of {limit} {} per {} (burst {burst})",
+                        group_by.as_str().replace('_', " "),
+                        rule.noun,
+                        human_secs(*period_secs as i64)
+                    );
+                    let evidence = json!({
+                        "limit": limit.get(),
+                        "period_secs": period_secs,
+                        "burst": burst.get(),
+                        "group_by": group_by.as_str(),
+                        "key": group_subject,
+                    });
+                    (reason, evidence, Vec::new())
+                })
             }
-            (CompiledKind::Match, _) => {
+            (CompiledKind::Match, _) => self.decide(rule, e, keys, facts, |_| {
                 let (said, evidence) = rule.filter.explain(e, facts);
                 let what = match e.kind {
                     Kind::Activation => "activation",
@@ -905,22 +921,24 @@ impl Engine {
                     reason.push_str(": ");
                     reason.push_str(&said.join(", "));
                 }
-                self.decide(rule, e, keys, facts, reason, Value::Object(evidence), Vec::new())
-            }
+                (reason, Value::Object(evidence), Vec::new())
+            }),
             _ => None,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The decision `rule` makes on `e`, if the book admits it (no decision
+    /// of the rule active on the subject, or this one is stronger or
+    /// longer). `explain` gives the reason, the evidence and the sample ids
+    /// from the subject; it runs only for an admitted decision, since most
+    /// attempts that reach a threshold find their subject already decided.
     fn decide(
         &self,
         rule: &CompiledRule,
         e: &Event,
         keys: &Keys,
         facts: &Facts,
-        reason: String,
-        mut evidence: Value,
-        samples: Vec<String>,
+        explain: impl FnOnce(&str) -> (String, Value, Vec<String>),
     ) -> Option<Decision> {
         let subject = subject(rule.scope, e, keys, facts)?;
         let until_ms = rule.duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
@@ -933,6 +951,7 @@ impl Engine {
         ) {
             return None;
         }
+        let (reason, mut evidence, samples) = explain(&subject);
         if let Value::Object(map) = &mut evidence {
             map.insert("outcome".into(), json!(e.outcome));
         }

@@ -369,6 +369,11 @@ impl GeoDatabases {
 
 /// Great-circle distance in kilometres (haversine, mean Earth radius).
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    // Most attempts come from the account's last city, the same point:
+    // the formula gives exactly 0 there, without its five trigonometric calls.
+    if a == b {
+        return 0.0;
+    }
     let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
     let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
     let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);

@@ -20,8 +20,8 @@ use crate::event::{format_ts, Event, Kind, Outcome};
 use crate::rules::filter::{human_secs, yuan};
 use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
-    key_of, AccountMemory, BudgetStats, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore, LastSeen,
-    Place, SeenEvents, SlidingCount, StateBudget,
+    key_of, AccountMemory, BudgetStats, CapHits, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore,
+    LastSeen, Place, SeenEvents, SlidingCount, StateBudget,
 };
 
 /// Most sample event ids a decision carries.
@@ -1124,9 +1124,9 @@ impl Engine {
         self.clock.now_ms() - self.memory_ttl_ms()
     }
 
-    /// New keys refused at the cap, by store (a rule's id, "account memory",
-    /// "card memory"), for the stores of the rules in force that refused any.
-    pub fn cap_hits_by_store(&self) -> Vec<(String, u64)> {
+    /// New keys refused at the cap, by store: account and card memory, then
+    /// the store of each rule in force, whether it refused any or not.
+    pub fn cap_hits_by_store(&self) -> Vec<CapHits> {
         let loaded = self.loaded();
         let rules = loaded.states.iter().filter_map(|state| match state {
             RuleState::Sums(store) => Some(store.cap_hits()),
@@ -1137,8 +1137,6 @@ impl Engine {
         [self.accounts.cap_hits(), self.cards.cap_hits()]
             .into_iter()
             .chain(rules)
-            .filter(|(_, hits)| *hits > 0)
-            .map(|(name, hits)| (name.to_string(), hits))
             .collect()
     }
 

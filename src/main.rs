@@ -300,7 +300,8 @@ fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow:
         let by_store: Vec<String> = engine
             .cap_hits_by_store()
             .iter()
-            .map(|(store, hits)| format!("{store} {hits}"))
+            .filter(|c| c.hits > 0)
+            .map(|c| format!("{} {}", c.store, c.hits))
             .collect();
         eprintln!(
             "warning: the state key cap ({}) was reached {} times ({}); raise engine.max_keys",

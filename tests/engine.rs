@@ -57,6 +57,16 @@ fn generated(count: u64, seed: u64) -> Vec<Event> {
         .collect()
 }
 
+/// The stores that refused new keys, with how many.
+fn refusals(engine: &Engine) -> Vec<(String, u64)> {
+    engine
+        .cap_hits_by_store()
+        .into_iter()
+        .filter(|c| c.hits > 0)
+        .map(|c| (c.store, c.hits))
+        .collect()
+}
+
 fn attempt(id: &str, second: u32, ip: &str) -> Event {
     let line = format!(
         r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"0011223344"}},"account":{{"id":"u"}},"ip":"{ip}"}}"#,
@@ -516,10 +526,7 @@ score = 40
     let stats = engine.stats().state;
     assert!(stats.cap_hits > 3_000, "{stats:?}");
     // The refusals are pinned on the flooded rule's store.
-    assert_eq!(
-        engine.cap_hits_by_store(),
-        vec![("ip-guessing".to_string(), stats.cap_hits)]
-    );
+    assert_eq!(refusals(&engine), vec![("ip-guessing".to_string(), stats.cap_hits)]);
     // Then a new account redeems fifteen cards in a minute.
     for i in 0..15u32 {
         let line = format!(
@@ -535,4 +542,97 @@ score = 40
     assert_eq!(quota[0].subject, "victim");
     assert_eq!(quota[0].trigger_event_id, "v-10");
     assert!(engine.stats().state.live_keys <= 1_000);
+}
+
+/// Operators see which store stopped tracking new keys, in Prometheus:
+/// `kamiguard_state_cap_hits_total` has a series per store, at zero from the
+/// first scrape, and a rule changed on reload (a new store, counting from
+/// zero) adds to its series instead of resetting it or being lost.
+#[test]
+fn cap_hits_are_exported_by_store_and_survive_a_reload() {
+    let quota = r#"[[rule]]
+id = "quota"
+kind = "quota"
+group_by = "account"
+limit = 10
+period_secs = 3600
+burst = 10
+action = "challenge"
+score = 40
+"#;
+    let engine = engine_of(
+        &format!("{RULE}\n{quota}"),
+        EngineConfig {
+            max_keys: 100,
+            ..EngineConfig::default()
+        },
+    );
+    let metrics = kamiguard::metrics::Metrics::new();
+    let series = |metrics: &kamiguard::metrics::Metrics| -> BTreeMap<String, u64> {
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("kamiguard_state_cap_hits_total{store=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .map(|(store, n)| (store.to_string(), n.parse().expect("a count")))
+            .collect()
+    };
+    metrics.observe_engine(&engine);
+    let zeros = [
+        ("account memory", 0),
+        ("card memory", 0),
+        ("ip-guessing", 0),
+        ("quota", 0),
+    ];
+    assert_eq!(series(&metrics), zeros.map(|(s, n)| (s.to_string(), n)).into());
+
+    // Every attempt from a new address and a new account: the cap (100)
+    // is shared by the two stores.
+    let flood = |engine: &Engine, from: u32, to: u32| {
+        let mut out = Vec::new();
+        for i in from..to {
+            let mut e = attempt(
+                &format!("f-{i}"),
+                i / 100,
+                &std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(),
+            );
+            e.account.id = format!("a-{i}").into();
+            engine.process(&e, &mut out);
+        }
+    };
+    flood(&engine, 0, 1_000);
+    metrics.observe_engine(&engine);
+    let first = series(&metrics);
+    let total = engine.stats().state.cap_hits;
+    assert!(first["ip-guessing"] > 0 && first["quota"] > 0, "{first:?}");
+    assert_eq!(first.values().sum::<u64>(), total, "{first:?}");
+
+    // A changed threshold makes a new store for ip-guessing; it refuses
+    // keys of its own from zero.
+    let changed = RULE.replace("threshold = 5", "threshold = 6");
+    let rules =
+        compile_sources(&[("t.toml".into(), format!("{changed}\n{quota}"))], Default::default()).expect("rules");
+    let replaced = engine.replace_rules(Arc::new(rules)).expect("reload");
+    assert_eq!((replaced.kept, replaced.fresh), (1, 1));
+    flood(&engine, 1_000, 2_000);
+    let fresh = refusals(&engine);
+    let fresh_ip = fresh.iter().find(|(s, _)| s == "ip-guessing").map(|(_, n)| *n);
+    assert!(
+        fresh_ip.is_some_and(|n| n > 0 && n < engine.stats().state.cap_hits),
+        "{fresh:?}"
+    );
+    metrics.observe_engine(&engine);
+    let second = series(&metrics);
+    assert_eq!(
+        second["ip-guessing"],
+        first["ip-guessing"] + fresh_ip.unwrap_or(0),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.values().sum::<u64>(),
+        engine.stats().state.cap_hits,
+        "{second:?}"
+    );
+    // Scraping again adds nothing.
+    metrics.observe_engine(&engine);
+    assert_eq!(series(&metrics), second);
 }

@@ -13,5 +13,5 @@ pub mod window;
 
 pub use memory::{AccountMemory, CardMemory, Place, SeenEvents};
 pub use quota::{EventClock, KeyedQuota};
-pub use store::{key_of, BudgetStats, KeyedStore, LastSeen, StateBudget};
+pub use store::{key_of, BudgetStats, CapHits, KeyedStore, LastSeen, StateBudget};
 pub use window::{Cell, DistinctWindow, SlidingCount, SlidingSum, BUCKETS};

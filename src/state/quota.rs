@@ -166,7 +166,7 @@ impl KeyedQuota {
     }
 
     /// See [`KeyedStore::cap_hits`].
-    pub fn cap_hits(&self) -> (&str, u64) {
+    pub fn cap_hits(&self) -> super::store::CapHits {
         self.store.cap_hits()
     }
 

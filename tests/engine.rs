@@ -636,3 +636,64 @@ score = 40
     metrics.observe_engine(&engine);
     assert_eq!(series(&metrics), second);
 }
+
+/// A guessing flood (thousands of made-up codes) must not blind the shipped
+/// `code-shared-by-accounts` to a real code tried by several accounts: codes
+/// that do not exist are not its business, so the flood takes none of its
+/// share of the key budget.
+#[test]
+fn a_guessing_flood_does_not_blind_the_shared_code_rule() {
+    let (_dir, geo, rules) = shipped_rules();
+    let engine = Engine::new(
+        rules,
+        geo,
+        EngineConfig {
+            max_keys: 1_000,
+            ..EngineConfig::default()
+        },
+    )
+    .expect("engine");
+    let line = |id: &str, second: u32, outcome: &str, code: &str, account: &str, ip: &str| {
+        let line = format!(
+            r#"{{"event_id":"{id}","ts":"2026-11-22T10:{:02}:{:02}Z","kind":"redemption","outcome":"{outcome}","card":{{"code_hash":"{code}","brand":"xiaomi","type":"e_card","face_value":5000}},"account":{{"id":"{account}","created_at":"2024-06-01T00:00:00Z","verified":true,"country":"CN"}},"device":{{"fingerprint":"fp-{account}","platform":"android"}},"ip":"{ip}","channel":"app"}}"#,
+            second / 60,
+            second % 60
+        );
+        parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid")
+    };
+    let mut out = Vec::new();
+    for i in 0..3_000u32 {
+        let code = format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+        engine.process(
+            &line(
+                &format!("g-{i}"),
+                i / 100,
+                "invalid_code",
+                &code,
+                "u-bot",
+                "198.51.100.9",
+            ),
+            &mut out,
+        );
+    }
+    assert!(
+        out.iter().any(|d| &*d.rule == "single-ip-guessing"),
+        "the flood itself is caught by the guessing rules"
+    );
+    out.clear();
+    let leaked = "5eaf00d5eaf00d5eaf00d5eaf00d5eaf";
+    for (i, (outcome, account)) in [("success", "u-a"), ("wrong_pin", "u-b"), ("wrong_pin", "u-c")]
+        .iter()
+        .enumerate()
+    {
+        let ip = format!("175.16.199.{}", 10 + i);
+        engine.process(
+            &line(&format!("l-{i}"), 40 + i as u32, outcome, leaked, account, &ip),
+            &mut out,
+        );
+    }
+    let freezes: Vec<_> = out.iter().filter(|d| &*d.rule == "code-shared-by-accounts").collect();
+    assert_eq!(freezes.len(), 1, "{out:#?}");
+    assert_eq!(freezes[0].subject, leaked);
+    assert_eq!(refusals(&engine), vec![], "the flood cost no store a key");
+}

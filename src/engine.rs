@@ -844,12 +844,7 @@ impl Engine {
                 };
                 let samples = samples?;
                 self.decide(rule, e, keys, facts, |subject| {
-                    // The key the rule counts by is present (it was counted),
-                    // so its subject is too.
-                    let group_subject = match *group_by == rule.scope {
-                        true => subject.to_string(),
-                        false => self::subject(*group_by, e, keys, facts).unwrap_or_default(),
-                    };
+                    let group_subject = group_subject(rule, *group_by, subject, e, keys, facts);
                     let (shown, limit) = match aggregate {
                         CompiledAggregate::SumFaceValue => (yuan(value), yuan(*threshold)),
                         _ => (value.to_string(), threshold.to_string()),
@@ -890,10 +885,7 @@ impl Engine {
                     return None;
                 }
                 self.decide(rule, e, keys, facts, |subject| {
-                    let group_subject = match *group_by == rule.scope {
-                        true => subject.to_string(),
-                        false => self::subject(*group_by, e, keys, facts).unwrap_or_default(),
-                    };
+                    let group_subject = group_subject(rule, *group_by, subject, e, keys, facts);
                     let reason = format!(
                         "{} {group_subject} is over its quota of {limit} {} per {} (burst {burst})",
                         group_by.as_str().replace('_', " "),
@@ -1227,6 +1219,24 @@ fn preposition(k: KeyName) -> &'static str {
 
 /// The subject string for a scope, from the attempt. Never a raw card code:
 /// the card subject is its hash.
+/// What a rule counts by (`group_by`), in its decision's words: the
+/// decision's subject again when the rule decides on what it counts by.
+/// The key was counted, so it is present and so is its subject.
+fn group_subject(
+    rule: &CompiledRule,
+    group_by: KeyName,
+    decided: &str,
+    e: &Event,
+    keys: &Keys,
+    facts: &Facts,
+) -> String {
+    if group_by == rule.scope {
+        decided.to_string()
+    } else {
+        subject(group_by, e, keys, facts).unwrap_or_default()
+    }
+}
+
 fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> Option<String> {
     Some(match scope {
         KeyName::Card => e.card.code_hash.to_string(),

@@ -530,13 +530,13 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
     broker.create_topics(1);
     let setup = setup(broker.port, "kg-leak", 1);
     let port = setup.http_port;
-    // One code tried by four accounts (a decision on the card), and codes in
-    // messages that are refused.
+    // One real code tried by four accounts with a wrong PIN (a decision on
+    // the card), and codes in messages that are refused.
     let code = |n: u32| format!("LEAKCHECK-{n:04}-ZQX");
     let mut lines = Vec::new();
     for (i, account) in ["u-a", "u-b", "u-c", "u-d"].iter().enumerate() {
         lines.push(format!(
-            r#"{{"event_id":"leak-{i}","ts":"2026-11-22T03:00:0{i}Z","kind":"redemption","outcome":"invalid_code","card":{{"code":"{}"}},"account":{{"id":"{account}"}},"device":{{"fingerprint":"fp-{account}"}},"ip":"175.16.199.{i}"}}"#,
+            r#"{{"event_id":"leak-{i}","ts":"2026-11-22T03:00:0{i}Z","kind":"redemption","outcome":"wrong_pin","card":{{"code":"{}"}},"account":{{"id":"{account}"}},"device":{{"fingerprint":"fp-{account}"}},"ip":"175.16.199.{i}"}}"#,
             code(1)
         ).into_bytes());
     }

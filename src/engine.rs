@@ -248,6 +248,18 @@ enum RuleState {
     Stateless,
 }
 
+impl RuleState {
+    /// The new keys the rule's store refused; `None` for a rule with no state.
+    fn cap_hits(&self) -> Option<CapHits> {
+        match self {
+            RuleState::Sums(store) => Some(store.cap_hits()),
+            RuleState::Distincts(store) => Some(store.cap_hits()),
+            RuleState::Quota(quota) => Some(quota.cap_hits()),
+            RuleState::Stateless => None,
+        }
+    }
+}
+
 /// Counters the engine keeps for the summary and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EngineStats {
@@ -289,6 +301,9 @@ pub struct Engine {
     processed: AtomicU64,
     duplicates: AtomicU64,
     decisions: AtomicU64,
+    /// New keys refused by stores dropped on reload (a rule changed or
+    /// removed), by store name: the count by store never goes back.
+    retired_cap_hits: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     config: EngineConfig,
 }
 
@@ -420,6 +435,7 @@ impl Engine {
             processed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             decisions: AtomicU64::new(0),
+            retired_cap_hits: Default::default(),
             config,
         })
     }
@@ -474,6 +490,12 @@ impl Engine {
             fresh: rules.rules.len() - kept,
             dropped: by_version.len(),
         };
+        // No attempt uses the dropped states any more (the write lock is
+        // held): their refusals are final.
+        let mut retired = self.retired_cap_hits.lock().unwrap_or_else(|p| p.into_inner());
+        for c in by_version.values().filter_map(RuleState::cap_hits) {
+            *retired.entry(c.store).or_default() += c.hits;
+        }
         *loaded = Loaded {
             rules,
             states,
@@ -1116,20 +1138,27 @@ impl Engine {
         self.clock.now_ms() - self.memory_ttl_ms()
     }
 
-    /// New keys refused at the cap, by store: account and card memory, then
-    /// the store of each rule in force, whether it refused any or not.
+    /// New keys refused at the cap, by store, since the engine started:
+    /// account and card memory, the store of each rule in force (whether it
+    /// refused any or not), then rules no longer in force that refused
+    /// some. A rule changed on reload starts a new store; the old one's
+    /// refusals stay in its count.
     pub fn cap_hits_by_store(&self) -> Vec<CapHits> {
         let loaded = self.loaded();
-        let rules = loaded.states.iter().filter_map(|state| match state {
-            RuleState::Sums(store) => Some(store.cap_hits()),
-            RuleState::Distincts(store) => Some(store.cap_hits()),
-            RuleState::Quota(quota) => Some(quota.cap_hits()),
-            RuleState::Stateless => None,
-        });
-        [self.accounts.cap_hits(), self.cards.cap_hits()]
+        let mut all: Vec<CapHits> = [self.accounts.cap_hits(), self.cards.cap_hits()]
             .into_iter()
-            .chain(rules)
-            .collect()
+            .chain(loaded.states.iter().filter_map(RuleState::cap_hits))
+            .collect();
+        for (store, hits) in self.retired_cap_hits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            match all.iter_mut().find(|c| c.store == *store) {
+                Some(c) => c.hits += hits,
+                None => all.push(CapHits {
+                    store: store.clone(),
+                    hits: *hits,
+                }),
+            }
+        }
+        all
     }
 
     /// Per open geo database: lookups answered from a kept record, records decoded.

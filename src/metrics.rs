@@ -55,11 +55,6 @@ pub struct Metrics {
     pub state_evictions: IntCounter,
     /// By store: a rule's id, "account memory" or "card memory".
     pub state_cap_hits: IntCounterVec,
-    /// What each store's refusals stood at when last added to
-    /// `state_cap_hits`, by store instance: a rule changed on reload gets a
-    /// new store that counts from zero under the same name, and its
-    /// refusals are added on top, never lost nor counted twice.
-    cap_hits_added: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
     pub active_decisions: IntGaugeVec,
     pub restored_events: IntCounter,
     pub routed: IntCounterVec,
@@ -147,7 +142,6 @@ impl Metrics {
                 "New keys not tracked, by store (a rule's id, account memory, card memory): the state cap was reached, or the store held more than its share past three quarters of it.",
                 &["store"],
             ),
-            cap_hits_added: Default::default(),
             active_decisions: gauge("active_decisions", "Decisions in force, by scope.", &["scope"]),
             restored_events: counter(
                 "restored_events_total",
@@ -183,22 +177,6 @@ impl Metrics {
         }
     }
 
-    /// Adds each store's new refusals to its series. Every store in force
-    /// has a series from its first scrape, at zero until it refuses a key,
-    /// so an alert on the increase sees the first refusals too.
-    fn observe_cap_hits(&self, engine: &Engine) {
-        let mut added = self.cap_hits_added.lock().unwrap_or_else(|p| p.into_inner());
-        let stores = engine.cap_hits_by_store();
-        for s in &stores {
-            let before = added.insert(s.instance, s.hits).unwrap_or(0);
-            self.state_cap_hits
-                .with_label_values(&[s.store.as_str()])
-                .inc_by(s.hits.saturating_sub(before));
-        }
-        // Stores dropped on reload count no more.
-        added.retain(|instance, _| stores.iter().any(|s| s.instance == *instance));
-    }
-
     /// Copies the engine's counters and gauges (called before each scrape).
     pub fn observe_engine(&self, engine: &Engine) {
         let stats = engine.stats();
@@ -206,7 +184,12 @@ impl Metrics {
         self.state_cap.set(stats.state.cap as i64);
         let add = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
         add(&self.state_evictions, stats.state.evicted);
-        self.observe_cap_hits(engine);
+        // Every store in force has a series from its first scrape, at zero
+        // until it refuses a key, so an alert on the increase sees the
+        // first refusals too.
+        for c in engine.cap_hits_by_store() {
+            add(&self.state_cap_hits.with_label_values(&[c.store.as_str()]), c.hits);
+        }
         self.rules_loaded.set(engine.rules().rules.len() as i64);
         for scope in crate::rules::KeyName::ALL {
             self.active_decisions.with_label_values(&[scope.as_str()]).set(0);

@@ -127,19 +127,13 @@ impl StateBudget {
     }
 }
 
-/// The new keys one store refused ([`StateBudget::try_take`]).
+/// The new keys a store refused ([`StateBudget::try_take`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapHits {
     /// What the store keeps: a rule's id, "account memory", "card memory".
     pub store: String,
-    /// Which store this is, unique in the process: a rule changed on reload
-    /// gets a new store that counts from zero, under the same name.
-    pub instance: u64,
     pub hits: u64,
 }
-
-/// Numbers the stores' `instance`s.
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
 
 /// Values that know when they were last touched (event time, ms).
 pub trait LastSeen {
@@ -158,8 +152,6 @@ pub struct KeyedStore<V> {
     name: Arc<str>,
     /// New keys this store refused ([`StateBudget::try_take`]).
     cap_hits: AtomicU64,
-    /// See [`CapHits::instance`].
-    instance: u64,
     /// Per shard, where its table lies, for [`KeyedStore::prefetch`].
     layouts: Box<[Layout]>,
     budget: Arc<StateBudget>,
@@ -218,7 +210,6 @@ impl<V: LastSeen> KeyedStore<V> {
     pub fn cap_hits(&self) -> CapHits {
         CapHits {
             store: self.name.to_string(),
-            instance: self.instance,
             hits: self.cap_hits.load(Ordering::Relaxed),
         }
     }
@@ -230,7 +221,6 @@ impl<V: LastSeen> KeyedStore<V> {
             live: AtomicUsize::new(0),
             name: Arc::from("state"),
             cap_hits: AtomicU64::new(0),
-            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             layouts: map.shards().iter().map(|_| Layout::default()).collect(),
             map,
             budget,

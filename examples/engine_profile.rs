@@ -33,7 +33,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
     (ticks(11), ticks(12))
 }
@@ -105,7 +109,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         both_s.push(t.elapsed().as_secs_f64());
         let (user, sys) = cpu_seconds();
-        eprintln!("parse and process: user {:.2} s, system {:.2} s", user - cpu.0, sys - cpu.1);
+        eprintln!(
+            "parse and process: user {:.2} s, system {:.2} s",
+            user - cpu.0,
+            sys - cpu.1
+        );
         sys_s.push(sys - cpu.1);
         let t = Instant::now();
         let swept = engine.sweep(engine.now_ms());

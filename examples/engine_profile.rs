@@ -38,6 +38,7 @@ fn cpu_seconds() -> (f64, f64) {
         .map_or("", |(_, r)| r)
         .split_whitespace()
         .collect();
+    // utime and stime, in clock ticks: 100 a second on Linux (`getconf CLK_TCK`).
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
     (ticks(11), ticks(12))
 }

@@ -1246,8 +1246,6 @@ fn preposition(k: KeyName) -> &'static str {
     }
 }
 
-/// The subject string for a scope, from the attempt. Never a raw card code:
-/// the card subject is its hash.
 /// What a rule counts by (`group_by`), in its decision's words: the
 /// decision's subject again when the rule decides on what it counts by.
 /// The key was counted, so it is present and so is its subject.
@@ -1266,6 +1264,8 @@ fn group_subject(
     }
 }
 
+/// The subject string for a scope, from the attempt. Never a raw card code:
+/// the card subject is its hash.
 fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> Option<String> {
     Some(match scope {
         KeyName::Card => e.card.code_hash.to_string(),

@@ -73,6 +73,225 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// Settings out of their range, one `file:line:column: message` a line.
+    #[error("{}", .0.join("\n"))]
+    OutOfRange(Vec<String>),
+    #[error("{var}: {message}")]
+    Env { var: &'static str, message: String },
+}
+
+/// A setting's allowed range: its key as written in the file, its value,
+/// and the smallest and largest value kamiguard can work with.
+struct Range {
+    key: &'static str,
+    value: i64,
+    min: i64,
+    max: i64,
+    why: &'static str,
+}
+
+const DAY_SECS: i64 = 86_400;
+
+impl Config {
+    /// Every numeric setting with the range it must be in. The upper bounds
+    /// keep each value's millisecond form far from overflowing an `i64` and
+    /// the lower ones refuse values that silently switch a part off (no
+    /// state at all for `max_keys = 0`, a busy loop for a zero interval).
+    fn ranges(&self) -> Vec<Range> {
+        let (e, p, k) = (&self.engine, &self.pipeline, &self.kafka);
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let u = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let r = |key, value, min, max, why| Range {
+            key,
+            value,
+            min,
+            max,
+            why,
+        };
+        let mut all = vec![
+            r(
+                "engine.max_keys",
+                u(e.max_keys),
+                1,
+                1_000_000_000,
+                "0 would keep no state: no rule could count",
+            ),
+            r(
+                "engine.lateness_secs",
+                n(e.lateness_secs),
+                0,
+                DAY_SECS,
+                "seconds, at most a day",
+            ),
+            r(
+                "engine.max_ahead_secs",
+                n(e.max_ahead_secs),
+                0,
+                DAY_SECS,
+                "seconds, at most a day",
+            ),
+            r(
+                "engine.dedup_window_secs",
+                n(e.dedup_window_secs),
+                1,
+                7 * DAY_SECS,
+                "seconds, at most a week",
+            ),
+            r(
+                "engine.dedup_max_ids",
+                u(e.dedup_max_ids),
+                1,
+                1_000_000_000,
+                "ids per generation",
+            ),
+            r(
+                "engine.memory_ttl_secs",
+                n(e.memory_ttl_secs),
+                1,
+                10 * 365 * DAY_SECS,
+                "seconds, at most ten years",
+            ),
+            r(
+                "engine.sweep_every_secs",
+                n(e.sweep_every_secs),
+                1,
+                DAY_SECS,
+                "seconds, at most a day",
+            ),
+            r(
+                "engine.ipv4_prefix_len",
+                e.ipv4_prefix_len.into(),
+                0,
+                32,
+                "bits of an IPv4 address",
+            ),
+            r(
+                "engine.ipv6_prefix_len",
+                e.ipv6_prefix_len.into(),
+                0,
+                128,
+                "bits of an IPv6 address",
+            ),
+            r(
+                "pipeline.batch_events",
+                u(p.batch_events),
+                1,
+                1_000_000,
+                "events per hand-off",
+            ),
+            r(
+                "pipeline.batch_ms",
+                n(p.batch_ms),
+                1,
+                60_000,
+                "milliseconds, at most a minute",
+            ),
+            r(
+                "pipeline.in_flight_batches",
+                u(p.in_flight_batches),
+                1,
+                10_000,
+                "hand-offs",
+            ),
+            r(
+                "pipeline.commit_interval_ms",
+                n(p.commit_interval_ms),
+                1,
+                3_600_000,
+                "milliseconds, at most an hour",
+            ),
+            r(
+                "pipeline.restore_idle_secs",
+                n(p.restore_idle_secs),
+                1,
+                3_600,
+                "seconds, at most an hour",
+            ),
+            r(
+                "pipeline.shutdown_timeout_secs",
+                n(p.shutdown_timeout_secs),
+                1,
+                3_600,
+                "seconds, at most an hour",
+            ),
+            r(
+                "pipeline.rules_poll_secs",
+                n(p.rules_poll_secs),
+                0,
+                DAY_SECS,
+                "seconds (0: only on SIGHUP)",
+            ),
+            r(
+                "kafka.partitions",
+                k.partitions.into(),
+                1,
+                100_000,
+                "partitions of created topics",
+            ),
+            r(
+                "kafka.replication_factor",
+                k.replication_factor.into(),
+                -1,
+                64,
+                "-1 takes the broker's default",
+            ),
+        ];
+        if let Some(secs) = p.restore_lookback_secs {
+            all.push(r(
+                "pipeline.restore_lookback_secs",
+                n(secs),
+                1,
+                365 * DAY_SECS,
+                "seconds, at most a year",
+            ));
+        }
+        all
+    }
+
+    /// Every setting out of its range, each as `file:line:column: message`
+    /// (the position of the value in `text`, the file's contents).
+    pub fn check(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let doc = toml::de::DeTable::parse(text).ok();
+        let errors: Vec<String> = self
+            .ranges()
+            .into_iter()
+            .filter(|r| r.value < r.min || r.value > r.max || (r.key == "kafka.replication_factor" && r.value == 0))
+            .map(|r| {
+                let offset = doc.as_ref().and_then(|d| value_offset(d.get_ref(), r.key)).unwrap_or(0);
+                let (line, column) = line_column(text, offset);
+                let range = if r.key == "kafka.replication_factor" {
+                    "-1 or 1 to 64".to_string()
+                } else {
+                    format!("{} to {}", r.min, r.max)
+                };
+                format!(
+                    "{}:{line}:{column}: `{}` is {}; it must be {range} ({})",
+                    path.display(),
+                    r.key,
+                    r.value,
+                    r.why
+                )
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::OutOfRange(errors))
+        }
+    }
+}
+
+/// Where the value of `dotted` (`engine.max_keys`) starts in the parsed file.
+fn value_offset(table: &toml::de::DeTable<'_>, dotted: &str) -> Option<usize> {
+    let (head, rest) = match dotted.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (dotted, None),
+    };
+    let (_, value) = table.iter().find(|(k, _)| k.get_ref() == head)?;
+    match rest {
+        None => Some(value.span().start),
+        Some(rest) => value_offset(value.get_ref().as_table()?, rest),
+    }
 }
 
 /// Environment variables that override the file, by key.
@@ -99,6 +318,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(path, &text)?;
+        config.check(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.admin.allowlist_file,
@@ -114,7 +334,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        config.apply_env(|k| std::env::var(k).ok());
+        config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
     }
 
@@ -131,8 +351,9 @@ impl Config {
         })
     }
 
-    /// Applies `KAMIGUARD_*` overrides read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// Applies `KAMIGUARD_*` overrides read through `get`; a value that is
+    /// set but cannot be used is an error, never ignored.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let [rules, city, asn, anonymous] =
             ENV_OVERRIDES.map(|(var, _)| get(var).filter(|v| !v.is_empty()).map(PathBuf::from));
         self.rules = rules.or(self.rules.take());
@@ -145,9 +366,13 @@ impl Config {
         if let Some(group) = get(GROUP_ID_ENV).filter(|v| !v.is_empty()) {
             self.kafka.group_id = group;
         }
-        if let Some(addr) = get(HTTP_LISTEN_ENV).and_then(|v| v.parse().ok()) {
-            self.http.listen = addr;
+        if let Some(text) = get(HTTP_LISTEN_ENV).filter(|v| !v.is_empty()) {
+            self.http.listen = text.parse().map_err(|_| ConfigError::Env {
+                var: HTTP_LISTEN_ENV,
+                message: format!("`{text}` is not an address and port, like 127.0.0.1:9464 or [::1]:9464"),
+            })?;
         }
+        Ok(())
     }
 }
 
@@ -163,9 +388,54 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_cannot_work_are_refused_with_their_key_position_and_range() {
+        let text = "[engine]\nmax_keys = 0\nlateness_secs = 30\nmemory_ttl_secs = 18446744073709551615\n[pipeline]\nbatch_ms = 0\n[kafka]\nreplication_factor = 0\n";
+        let path = Path::new("k.toml");
+        let config = Config::parse(path, text).unwrap();
+        let err = config.check(path, text).unwrap_err().to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 4, "{err}");
+        assert!(
+            lines[0].starts_with("k.toml:2:12: `engine.max_keys` is 0; it must be 1 to 1000000000"),
+            "{err}"
+        );
+        assert!(
+            lines[1]
+                .starts_with("k.toml:4:19: `engine.memory_ttl_secs` is 9223372036854775807; it must be 1 to 315360000"),
+            "{err}"
+        );
+        assert!(lines[2].starts_with("k.toml:6:12: `pipeline.batch_ms` is 0;"), "{err}");
+        assert!(
+            lines[3].contains("`kafka.replication_factor` is 0; it must be -1 or 1 to 64"),
+            "{err}"
+        );
+        // Through `load`, as `run`, `replay` and `check-rules` read it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, text).unwrap();
+        assert!(matches!(Config::load(&file), Err(ConfigError::OutOfRange(e)) if e.len() == 4));
+    }
+
+    #[test]
+    fn an_unusable_listen_address_in_the_environment_is_an_error() {
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == HTTP_LISTEN_ENV).then(|| "localhost".to_string()))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "KAMIGUARD_HTTP_LISTEN: `localhost` is not an address and port, like 127.0.0.1:9464 or [::1]:9464"
+        );
+        c.apply_env(|k| (k == HTTP_LISTEN_ENV).then(|| "[::1]:9000".to_string()))
+            .unwrap();
+        assert_eq!(c.http.listen.port(), 9000);
+    }
+
+    #[test]
     fn environment_wins_over_the_file() {
         let mut c = Config::parse(Path::new("k.toml"), "rules = \"a\"\n").unwrap();
-        c.apply_env(|k| (k == "KAMIGUARD_RULES").then(|| "b".to_string()));
+        c.apply_env(|k| (k == "KAMIGUARD_RULES").then(|| "b".to_string()))
+            .unwrap();
         assert_eq!(c.rules, Some(PathBuf::from("b")));
     }
 

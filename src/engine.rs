@@ -39,6 +39,12 @@ pub struct EngineConfig {
     /// How late (event time) an attempt may arrive and still be counted in
     /// its own window; also how long idle keys are kept past their window.
     pub lateness_secs: u64,
+    /// How far an attempt's `ts` may run ahead of when it was received (its
+    /// record's timestamp; see `kafka::run`) before it is refused as
+    /// `ts_ahead`. The engine's clock is the newest event time it has seen:
+    /// one attempt stamped a year ahead would otherwise age every window,
+    /// memory and decision out for everyone.
+    pub max_ahead_secs: u64,
     /// How long an event id is remembered to drop redeliveries.
     pub dedup_window_secs: u64,
     /// Most event ids remembered per dedup generation.
@@ -62,6 +68,11 @@ impl EngineConfig {
     pub fn lateness_ms(&self) -> i64 {
         self.lateness_secs as i64 * 1000
     }
+
+    /// `max_ahead_secs` in milliseconds.
+    pub fn max_ahead_ms(&self) -> i64 {
+        self.max_ahead_secs as i64 * 1000
+    }
 }
 
 impl Default for EngineConfig {
@@ -71,6 +82,7 @@ impl Default for EngineConfig {
             // the load at which its hash tables double (see BENCHMARKS.md).
             max_keys: 3_600_000,
             lateness_secs: 30,
+            max_ahead_secs: 60,
             dedup_window_secs: 600,
             dedup_max_ids: 2_000_000,
             memory_ttl_secs: 30 * 86_400,
@@ -95,6 +107,10 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Processed,
+    /// Processed, but its event time was more than the lateness behind the
+    /// engine's clock: windows may no longer count it where it belongs.
+    /// Counted (`EngineStats::late`), never dropped.
+    Late,
     /// Same `event_id` seen within the dedup window: not counted again.
     Duplicate,
 }
@@ -265,6 +281,8 @@ impl RuleState {
 pub struct EngineStats {
     pub processed: u64,
     pub duplicates: u64,
+    /// Attempts processed more than the lateness behind the clock.
+    pub late: u64,
     pub decisions: u64,
     pub state: BudgetStats,
 }
@@ -300,6 +318,7 @@ pub struct Engine {
     sweep_rounds: AtomicU64,
     processed: AtomicU64,
     duplicates: AtomicU64,
+    late: AtomicU64,
     decisions: AtomicU64,
     /// New keys refused by stores dropped on reload (a rule changed or
     /// removed), by store name: the count by store never goes back.
@@ -434,6 +453,7 @@ impl Engine {
             sweep_rounds: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             decisions: AtomicU64::new(0),
             retired_cap_hits: Default::default(),
             config,
@@ -508,6 +528,7 @@ impl Engine {
         EngineStats {
             processed: self.processed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
             decisions: self.decisions.load(Ordering::Relaxed),
             state: self.budget.stats(),
         }
@@ -576,6 +597,10 @@ impl Engine {
             return Verdict::Duplicate;
         }
         self.processed.fetch_add(1, Ordering::Relaxed);
+        let late = e.ts_ms < self.clock.now_ms().saturating_sub(self.lateness_ms());
+        if late {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
         self.clock.advance_to(e.ts_ms);
         let loaded = self.loaded();
         self.maybe_sweep(&loaded);
@@ -628,7 +653,11 @@ impl Engine {
             self.decisions.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
         }
         self.remember(rules, e, &keys, serves);
-        Verdict::Processed
+        if late {
+            Verdict::Late
+        } else {
+            Verdict::Processed
+        }
     }
 
     /// Prefetches the lines [`Engine::decide_hashed`] reads first for a
@@ -1174,6 +1203,11 @@ impl Engine {
     /// How late an event may arrive and still count, ms.
     pub fn lateness_ms(&self) -> i64 {
         self.config.lateness_ms()
+    }
+
+    /// How far an attempt's event time may run ahead of its receipt, ms.
+    pub fn max_ahead_ms(&self) -> i64 {
+        self.config.max_ahead_ms()
     }
 
     /// Latest event time seen, ms.

@@ -155,7 +155,7 @@ impl Common {
             Some(path) => Config::load(path)?,
             None => {
                 let mut c = Config::default();
-                c.apply_env(|k| std::env::var(k).ok());
+                c.apply_env(|k| std::env::var(k).ok())?;
                 c
             }
         };

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub rejected: IntCounterVec,
     pub duplicates: IntCounter,
+    pub late: IntCounter,
     pub decisions: IntCounterVec,
     pub latency_from_event: Histogram,
     pub latency_from_ingest: Histogram,
@@ -110,6 +111,12 @@ impl Metrics {
             ),
             duplicates: counter("duplicate_events_total", "Redelivered events dropped by event id.", &[])
                 .with_label_values(&[] as &[&str]),
+            late: counter(
+                "late_events_total",
+                "Attempts decided more than the lateness behind the newest event time (counted, not dropped).",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             decisions: counter(
                 "decisions_total",
                 "Decisions published.",

@@ -126,7 +126,7 @@ pub fn run_scenario(
     let mut summary = ReplaySummary::default();
     let produced = std::fs::File::open(dir.join("events.jsonl"))
         .map(std::io::BufReader::new)
-        .and_then(|input| read_events(input, hasher, &mut summary, None))
+        .and_then(|input| read_events(input, hasher, engine.max_ahead_ms(), &mut summary, None))
         .and_then(|events| run_events(&events, &engine, &mut std::io::sink(), &mut summary, chrono::Utc::now));
     let produced = match produced {
         Ok(p) => p,

@@ -24,18 +24,38 @@ fn run_gives_replays_decisions_and_dead_letters_bad_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::memory(dir.path());
     broker.create_topics(1);
-    let setup = setup(broker.port, "kg-equal", 1);
 
     let mut lines = generated(8000, 11);
-    let bad: [(&[u8], &str); 4] = [
-        (b"this is not json", "not_json"),
-        (b"\xff\xfe{}", "not_utf8"),
-        (br#"{"event_id":"b-1","kind":"redemption","outcome":"success","card":{"code":"XM-SECRET-0001"},"account":{"id":"u-1"}}"#, "missing_field"),
-        (br#"{"event_id":"b-2","ts":"2026-11-22T00:00:01Z","kind":"redemption","outcome":"success","card":{"code_hash":"ab"},"account":{"id":42}}"#, "wrong_type"),
+    // A 2 MiB attempt (over the event limit, and over the producer's
+    // default message.max.bytes had it been dead-lettered whole), and one
+    // refused message under the limit whose dead letter is over this
+    // producer's 20,000 bytes: both become smaller dead letters, and every
+    // attempt after them is decided and committed.
+    let huge = format!(
+        r#"{{"event_id":"b-huge","card":{{"code":"XM-SECRET-0002"}},"pad":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    let wide = format!(
+        r#"{{"event_id":"b-wide","kind":"redemption","pad":"{}"}}"#,
+        "y".repeat(30_000)
+    );
+    let bad: [(&[u8], &str, &str); 6] = [
+        (b"this is not json", "not_json", "withheld"),
+        (b"\xff\xfe{}", "not_utf8", "withheld"),
+        (br#"{"event_id":"b-1","kind":"redemption","outcome":"success","card":{"code":"XM-SECRET-0001"},"account":{"id":"u-1"}}"#, "missing_field", "parsed"),
+        (br#"{"event_id":"b-2","ts":"2026-11-22T00:00:01Z","kind":"redemption","outcome":"success","card":{"code_hash":"ab"},"account":{"id":42}}"#, "wrong_type", "parsed"),
+        (huge.as_bytes(), "too_large", "withheld"),
+        (wide.as_bytes(), "missing_field", "dropped"),
     ];
-    for (i, (b, _)) in bad.iter().enumerate() {
-        lines.insert(1000 + i * 1500, b.to_vec());
+    for (i, (b, _, _)) in bad.iter().enumerate() {
+        lines.insert(1000 + i * 1200, b.to_vec());
     }
+    let setup = setup_with(
+        broker.port,
+        "kg-equal",
+        1,
+        "[kafka.producer]\n\"message.max.bytes\" = \"20000\"\n",
+    );
     let expected = replay(&setup, &lines);
     assert!(
         expected.len() > 20,
@@ -81,27 +101,94 @@ fn run_gives_replays_decisions_and_dead_letters_bad_messages() {
     }
 
     assert_eq!(dead.seen.len(), bad.len(), "every bad message is dead-lettered, once");
-    for (i, (record, (payload, reason))) in dead.seen.iter().zip(bad).enumerate() {
+    for (i, (record, (payload, reason, body))) in dead.seen.iter().zip(bad).enumerate() {
         let header = |k: &str| header(record, k);
         assert_eq!(header("kamiguard.reason"), Some(reason));
         assert_eq!(header("kamiguard.source.topic"), Some(ATTEMPTS));
         assert_eq!(header("kamiguard.source.partition"), Some("0"));
         assert_eq!(
             header("kamiguard.source.offset"),
-            Some((1000 + i * 1500).to_string().as_str())
+            Some((1000 + i * 1200).to_string().as_str())
         );
         assert!(header("kamiguard.error").is_some_and(|e| !e.is_empty()));
-        if reason == "missing_field" {
-            let text = String::from_utf8_lossy(&record.payload);
-            assert!(!text.contains("XM-SECRET-0001"), "raw code in a dead letter: {text}");
-            assert!(text.contains("code_hash"), "{text}");
-            assert_eq!(header("kamiguard.code"), Some("hashed"));
-        } else {
-            assert_eq!(record.payload, payload, "dead letters go as they came");
+        assert_eq!(header("kamiguard.body"), Some(body), "{reason}");
+        assert_eq!(header("kamiguard.bytes"), Some(payload.len().to_string().as_str()));
+        let text = String::from_utf8_lossy(&record.payload);
+        assert!(!text.contains("XM-SECRET"), "raw code in a dead letter: {text}");
+        match body {
+            "parsed" => {
+                let sent: Value = serde_json::from_slice(payload).expect("json");
+                let mut got: Value = serde_json::from_slice(&record.payload).expect("json");
+                if let (Some(card), Some(code)) = (got["card"].as_object_mut(), sent["card"].get("code")) {
+                    assert!(card.remove("code_hash").is_some(), "the code's hash stands for it");
+                    assert_eq!(header("kamiguard.code"), Some("hashed"));
+                    card.insert("code".into(), code.clone());
+                }
+                assert_eq!(got, sent, "a parsed body says what was sent, but the code");
+            }
+            _ => {
+                assert!(record.payload.is_empty(), "{body}: no body");
+                assert_eq!(header("kamiguard.digest").map(str::len), Some(64));
+            }
         }
     }
     let committed = broker.committed("kg-equal", ATTEMPTS, 1);
     assert_eq!(committed, [lines.len() as i64], "SIGTERM commits everything processed");
+}
+
+/// Issue 18's measurement: one attempt stamped a year ahead made 60,000
+/// attempts give 163 decisions instead of 707. Here it and a burst of 1%
+/// stamped eight hours ahead of their records are dead-lettered as
+/// `ts_ahead`, and `run` gives exactly the decisions of the stream without
+/// them, ids included.
+#[test]
+fn attempts_stamped_ahead_of_their_records_are_dead_lettered_and_change_no_decision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-ahead", 1);
+    let (timed, clean) = common::poisoned_stream(20_000, 41);
+    let expected = replay(&setup, &clean);
+    assert!(
+        expected.len() > 20,
+        "the traffic should make decisions: {}",
+        expected.len()
+    );
+    let poisoned = timed.len() - clean.len();
+
+    broker.produce_timed(ATTEMPTS, &timed);
+    let run = Processor::start(&setup, "run");
+    let mut decisions = broker.reader(DECISIONS, 1);
+    decisions.read_until(Duration::from_secs(90), |seen| seen.len() >= expected.len());
+    let mut dead = broker.reader(DLQ, 1);
+    dead.read_until(Duration::from_secs(30), |seen| seen.len() >= poisoned);
+    wait_committed(&broker, &setup, "kg-ahead", timed.len() as i64);
+    decisions.drain(Duration::from_millis(500));
+    dead.drain(Duration::from_millis(200));
+    let metrics = common::http(setup.http_port, "GET", "/metrics", None, None).1;
+    assert_eq!(run.sigterm().code(), Some(0));
+
+    let got = by_id(decisions.seen.iter().map(|r| r.payload.as_slice()));
+    let missing: Vec<&String> = expected.keys().filter(|k| got.get(*k) != expected.get(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the poisoned attempts changed decisions: {} of {} missing or different, {} extra",
+        missing.len(),
+        expected.len(),
+        extra.len()
+    );
+    assert_eq!(dead.seen.len(), poisoned, "each poisoned attempt dead-lettered once");
+    assert!(dead
+        .seen
+        .iter()
+        .all(|r| header(r, "kamiguard.reason") == Some("ts_ahead")));
+    assert!(
+        metrics.contains(&format!(
+            "kamiguard_rejected_events_total{{reason=\"ts_ahead\"}} {poisoned}"
+        )),
+        "{metrics}"
+    );
 }
 
 fn header<'a>(record: &'a Record, key: &str) -> Option<&'a str> {
@@ -529,6 +616,13 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
     let broker = Broker::memory(dir.path());
     broker.create_topics(1);
     let setup = setup(broker.port, "kg-leak", 1);
+    // Split, so that forwarded copies on the internal topics are searched too.
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    std::fs::write(
+        &setup.config,
+        text.replace("[pipeline]\n", "[pipeline]\nrepartition = \"always\"\n"),
+    )
+    .expect("config");
     let port = setup.http_port;
     // One real code tried by four accounts with a wrong PIN (a decision on
     // the card), and codes in messages that are refused.
@@ -548,7 +642,20 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
         )
         .into_bytes(),
     );
-    let codes = [code(1), code(2), code(3)];
+    // Codes a byte search for `"code"` does not see: behind an escaped key
+    // (valid, so forwarded; and refused), beside invalid UTF-8, in 2 MiB.
+    lines.push(format!(
+        r#"{{"event_id":"leak-esc","ts":"2026-11-22T03:00:05Z","kind":"redemption","outcome":"wrong_pin","card":{{"co\u0064e":"{}"}},"account":{{"id":"u-e"}},"ip":"175.16.199.9"}}"#,
+        code(4)
+    ).into_bytes());
+    lines.push(format!(r#"{{"event_id":"leak-esc2","card":{{"co\u0064e":"{}"}}}}"#, code(5)).into_bytes());
+    let mut utf8 = br#"{"event_id":"leak-utf8","ts":"2026-11-22T03:00:06Z","kind":"redemption","outcome":"wrong_pin","card":{"brand":"x"#.to_vec();
+    utf8.extend(b"\xff\xfe\xfd\xfc");
+    utf8.extend(format!(r#"","code":"{}"}},"account":{{"id":"u-f"}}}}"#, code(6)).into_bytes());
+    lines.push(utf8);
+    lines.push(format!(r#"{{"card":{{"code":"{}"}},"pad":"{}"}}"#, code(7), "p".repeat(2 << 20)).into_bytes());
+    let refused = 5;
+    let codes: Vec<String> = (1..=7).map(code).collect();
 
     broker.produce(ATTEMPTS, &lines, false);
     let run = Processor::start_with(&setup, "run", &[("RUST_LOG", "debug")]);
@@ -561,8 +668,19 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
         setup.logs()
     );
     let mut dead = broker.reader(DLQ, 1);
-    assert!(dead.read_until(Duration::from_secs(30), |seen| seen.len() >= 2));
+    assert!(dead.read_until(Duration::from_secs(30), |seen| seen.len() >= refused));
     wait_committed(&broker, &setup, "kg-leak", lines.len() as i64);
+    let mut forwarded = Vec::new();
+    for home in ["card", "account", "device", "ip", "ip_prefix", "asn"] {
+        let mut r = broker.reader(&format!("kg-leak-repartition-{home}"), 1);
+        r.drain(Duration::from_millis(1500));
+        forwarded.extend(r.seen);
+    }
+    assert!(
+        forwarded.len() >= 6,
+        "the valid attempts were forwarded: {}",
+        forwarded.len()
+    );
     wait_http(port);
     let (_, _) = http(port, "GET", "/healthz", None, None);
     let (_, metrics) = common::http(port, "GET", "/metrics", None, None);
@@ -596,7 +714,7 @@ fn raw_codes_never_reach_a_log_a_metric_a_decision_or_a_dead_letter() {
             String::from_utf8_lossy(&replay_out.stderr).into_owned(),
         ),
     ];
-    for r in decisions.seen.iter().chain(&dead.seen) {
+    for r in decisions.seen.iter().chain(&dead.seen).chain(&forwarded) {
         haystacks.push(("message", String::from_utf8_lossy(&r.payload).into_owned()));
         haystacks.push(("headers", format!("{:?}", r.headers)));
         haystacks.push((

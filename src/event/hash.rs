@@ -46,9 +46,15 @@ impl CodeHasher {
 
     /// Lower-case hex HMAC-SHA256 of `code`.
     pub fn hash(&self, code: &str) -> Result<Box<str>, EventError> {
-        let mut mac = self.mac.clone().ok_or(EventError::NoCodeKey)?;
-        mac.update(code.as_bytes());
-        Ok(hex::encode(mac.finalize().into_bytes()).into_boxed_str())
+        self.digest(code.as_bytes()).ok_or(EventError::NoCodeKey)
+    }
+
+    /// Lower-case hex HMAC-SHA256 of any bytes under the code key (a dead
+    /// letter's body that cannot be shown); `None` without a key.
+    pub fn digest(&self, bytes: &[u8]) -> Option<Box<str>> {
+        let mut mac = self.mac.clone()?;
+        mac.update(bytes);
+        Some(hex::encode(mac.finalize().into_bytes()).into_boxed_str())
     }
 }
 

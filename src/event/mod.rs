@@ -172,6 +172,100 @@ impl Event {
     pub fn account_age_ms(&self) -> Option<i64> {
         self.account.created_at_ms.map(|c| self.ts_ms - c)
     }
+
+    /// The attempt as a contract message, written from what was validated:
+    /// the card by its hash, times at millisecond precision in UTC, the
+    /// address canonical. [`parse`] reads it back as this same event. The
+    /// split pipeline forwards this, never the bytes as sent, so nothing the
+    /// sender wrote beyond the contract (a raw code behind an escape, a
+    /// padding field) reaches an internal topic.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = wire::Event {
+            event_id: &self.event_id,
+            ts: format_ts(self.ts_ms),
+            kind: self.kind,
+            outcome: self.outcome,
+            card: wire::Card {
+                code_hash: &self.card.code_hash,
+                brand: self.card.brand.as_deref(),
+                card_type: self.card.card_type,
+                face_value: self.card.face_value_fen,
+                currency: self.card.currency.as_deref(),
+                batch: self.card.batch.as_deref(),
+                bound_account: self.card.bound_account.as_deref(),
+            },
+            account: wire::Account {
+                id: &self.account.id,
+                created_at: self.account.created_at_ms.map(format_ts),
+                verified: self.account.verified,
+                country: self.account.country.as_ref().map(Country::as_str),
+            },
+            device: wire::Device {
+                fingerprint: self.device.fingerprint.as_deref(),
+                platform: self.device.platform,
+            },
+            ip: self.ip.map(|ip| ip.to_string()),
+            channel: self.channel,
+        };
+        // Every field is a string, a number, a bool or a contract enum.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+}
+
+/// The shape [`Event::to_json`] writes.
+mod wire {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub(super) struct Event<'a> {
+        pub event_id: &'a str,
+        pub ts: String,
+        pub kind: super::Kind,
+        pub outcome: super::Outcome,
+        pub card: Card<'a>,
+        pub account: Account<'a>,
+        pub device: Device<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub ip: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub channel: Option<super::Channel>,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Card<'a> {
+        pub code_hash: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub brand: Option<&'a str>,
+        #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+        pub card_type: Option<super::CardType>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub face_value: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub currency: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub batch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub bound_account: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Account<'a> {
+        pub id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub created_at: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub verified: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub country: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Device<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub fingerprint: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub platform: Option<super::Platform>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +314,8 @@ pub enum EventError {
         "`card.code` is present but no code-hash key is configured (set {CODE_KEY_ENV} or code_key in the config)"
     )]
     NoCodeKey,
+    #[error("field `ts` is {ahead_secs} s ahead of when the message was received (at most {max_secs} s, engine.max_ahead_secs)")]
+    TsAhead { ahead_secs: i64, max_secs: i64 },
 }
 
 impl EventError {
@@ -233,6 +329,7 @@ impl EventError {
             EventError::WrongType { .. } => "wrong_type",
             EventError::Invalid { .. } => "invalid_value",
             EventError::NoCodeKey => "no_code_key",
+            EventError::TsAhead { .. } => "ts_ahead",
         }
     }
 
@@ -513,6 +610,22 @@ fn bounded_check(field: &str, value: &str, max: usize) -> Result<(), EventError>
 
 fn optional_bounded(field: &str, value: Option<&str>, max: usize) -> Result<Option<Box<str>>, EventError> {
     value.map(|v| bounded(field, v, max)).transpose()
+}
+
+/// Refuses an attempt whose event time runs more than `max_ahead_ms` ahead
+/// of `received_ms`, when it was received: a forged `ts`, or a service
+/// writing local time with a UTC offset. `run` takes the Kafka record's
+/// timestamp, `replay` a line's record timestamp where the line has one; the
+/// bound is the same in both, so the same records give the same decisions.
+pub fn check_ahead(e: &Event, received_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
+    let ahead = e.ts_ms.saturating_sub(received_ms);
+    if ahead > max_ahead_ms {
+        return Err(EventError::TsAhead {
+            ahead_secs: ahead / 1000,
+            max_secs: max_ahead_ms / 1000,
+        });
+    }
+    Ok(())
 }
 
 /// Parses an RFC 3339 timestamp with offset into milliseconds since the epoch.

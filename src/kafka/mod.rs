@@ -15,3 +15,16 @@ pub mod topology;
 
 pub use config::{KafkaConfig, PipelineConfig, Topics};
 pub use run::{ensure_topics, run, RunError, RunStats, Settings};
+
+/// When a record was received, ms, for holding its attempt's event time to
+/// `engine.max_ahead_secs` ([`crate::event::check_ahead`]): the broker's
+/// append time as it is; a producer's create time, or none, no later than
+/// this host's clock (`now_ms`), since a producer's clock may be as wrong
+/// as the `ts` it wrote.
+pub fn received_ms(timestamp: rdkafka::Timestamp, now_ms: i64) -> i64 {
+    match timestamp {
+        rdkafka::Timestamp::LogAppendTime(ms) => ms,
+        rdkafka::Timestamp::CreateTime(ms) => ms.min(now_ms),
+        rdkafka::Timestamp::NotAvailable => now_ms,
+    }
+}

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{KafkaConfig, KafkaConfigError, PipelineConfig, Topics};
-use super::dead_letter::{dead_letter, redact, Source};
+use super::dead_letter::{dead_letter, DeadLetter, Source};
 use super::restore::{restore, RestoreRange};
 use super::topology::{self, partition_for, Role, Topology};
 use crate::decision::Decision;
@@ -199,9 +199,52 @@ impl Batch {
         timing: Option<(Instant, i64)>,
     ) -> Result<(), RunError> {
         let ack = sent.map_err(|error| RunError::Delivery { what, error })?;
-        self.acks.push(Pending { what, ack, timing });
+        self.acks.push(Pending {
+            what,
+            ack,
+            timing,
+            fallback: None,
+        });
         Ok(())
     }
+
+    /// [`Batch::expect_ack`] for a dead letter, with what to send instead
+    /// if the broker refuses it for its size.
+    fn expect_ack_or(
+        &mut self,
+        what: &'static str,
+        sent: Result<DeliveryFuture, KafkaError>,
+        fallback: Fallback,
+    ) -> Result<(), RunError> {
+        self.expect_ack(what, sent, None)?;
+        if let Some(p) = self.acks.last_mut() {
+            p.fallback = Some(fallback);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the broker or the producer refused one message for what it is
+/// (its size, its form): sending it again cannot succeed, a smaller one can.
+fn too_large(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+    )
+}
+
+/// A dead letter's headers-only stand-in (see [`DeadLetter::without_body`]).
+struct Fallback {
+    topic: String,
+    key: Vec<u8>,
+    letter: DeadLetter,
 }
 
 /// One published message awaiting its acknowledgement.
@@ -210,6 +253,9 @@ struct Pending {
     ack: DeliveryFuture,
     /// For decisions: when the attempt was taken off the topic, and its event time.
     timing: Option<(Instant, i64)>,
+    /// For dead letters: sent instead when the broker refuses this one for
+    /// its size, and awaited before the batch's offsets are committed.
+    fallback: Option<Fallback>,
 }
 
 /// Creates the attempts, decisions and dead-letter topics if missing.
@@ -282,6 +328,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Batch>(pipeline.in_flight_batches.max(1));
     let committer = tokio::spawn(commit_loop(
         consumer.clone(),
+        producer.clone(),
         topology.topics().into_iter().map(String::from).collect(),
         rx,
         Duration::from_millis(pipeline.commit_interval_ms),
@@ -389,8 +436,16 @@ pub async fn run(
         };
         let key = m.key().unwrap_or_default();
         let ingested = Instant::now();
+        let received = super::received_ms(m.timestamp(), chrono::Utc::now().timestamp_millis());
         if let Err(e) = out
-            .handle(m.payload().unwrap_or_default(), key, source, role, ingested, &mut batch)
+            .handle(
+                m.payload().unwrap_or_default(),
+                key,
+                source,
+                (role, received),
+                ingested,
+                &mut batch,
+            )
             .await
         {
             break Err(e);
@@ -505,23 +560,29 @@ fn serde_name(v: &impl serde::Serialize) -> String {
 impl Outputs<'_> {
     /// Parses one message and does what its topic's `role` says: decides
     /// (publishing its decisions) or forwards it to its home keys' topics; a
-    /// bad message becomes a dead letter. Every acknowledgement awaited goes
-    /// into `batch`. An error stops the pipeline before anything after it is
-    /// committed, so those events are redelivered.
+    /// bad message, or an attempt stamped further ahead of `received` (ms)
+    /// than `engine.max_ahead_secs`, becomes a dead letter. Every
+    /// acknowledgement awaited goes into `batch`. An error stops the pipeline
+    /// before anything after it is committed, so those events are redelivered.
     async fn handle(
         &mut self,
         payload: &[u8],
         key: &[u8],
         source: Source<'_>,
-        role: Role,
+        (role, received): (Role, i64),
         ingested: Instant,
         batch: &mut Batch,
     ) -> Result<(), RunError> {
         let (stats, metrics) = (self.stats, self.metrics);
-        match event::parse(payload, self.hasher) {
+        // Forwarded copies were held to the bound where they were routed.
+        let parsed = event::parse(payload, self.hasher).and_then(|e| match role {
+            Role::Home(_) => Ok(e),
+            _ => event::check_ahead(&e, received, self.engine.max_ahead_ms()).map(|()| e),
+        });
+        match parsed {
             Ok(e) if role == Role::Route => {
                 self.count_intake(&e);
-                self.route(&e, payload, batch).await?;
+                self.route(&e, batch).await?;
             }
             Ok(e) => {
                 let home = match role {
@@ -536,9 +597,13 @@ impl Outputs<'_> {
                 let verdict = self.engine.process_for(&e, home, &mut self.decisions);
                 stats.decided.fetch_add(1, Ordering::Relaxed);
                 metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
-                if verdict == Verdict::Duplicate {
-                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    metrics.duplicates.inc();
+                match verdict {
+                    Verdict::Duplicate => {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        metrics.duplicates.inc();
+                    }
+                    Verdict::Late => metrics.late.inc(),
+                    Verdict::Processed => {}
                 }
                 let now = chrono::Utc::now();
                 for d in &mut self.decisions {
@@ -561,21 +626,50 @@ impl Outputs<'_> {
                     offset = source.offset,
                     "dead letter"
                 );
-                let sent = send(
-                    self.producer,
-                    &self.topics.dead_letters,
-                    None,
-                    key,
-                    &letter.payload,
-                    Some(letter.headers),
-                )
-                .await;
-                batch.expect_ack("dead letter", sent, None)?;
+                self.send_dead_letter(letter, payload, key, batch).await?;
                 stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 metrics.rejected.with_label_values(&[error.reason()]).inc();
             }
         }
         Ok(())
+    }
+
+    /// Queues a dead letter. One the producer refuses for its size (a
+    /// broker or producer `message.max.bytes` below the event limit) is
+    /// queued again without its body; a broker that refuses it on delivery
+    /// gets the same from the committer (see [`Pending::fallback`]). A
+    /// dead letter never stops the pipeline for its own sake.
+    async fn send_dead_letter(
+        &mut self,
+        letter: DeadLetter,
+        payload: &[u8],
+        key: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let topic = &self.topics.dead_letters;
+        let bare = letter.without_body(payload, self.hasher);
+        let mut sent = send(
+            self.producer,
+            topic,
+            None,
+            key,
+            &letter.payload,
+            Some(letter.kafka_headers()),
+        )
+        .await;
+        if sent.as_ref().is_err_and(too_large) {
+            warn!(
+                bytes = payload.len(),
+                "dead letter too large for the producer; sent without its body"
+            );
+            sent = send(self.producer, topic, None, key, &[], Some(bare.kafka_headers())).await;
+        }
+        let fallback = Fallback {
+            topic: topic.clone(),
+            key: key.to_vec(),
+            letter: bare,
+        };
+        batch.expect_ack_or("dead letter", sent, fallback)
     }
 
     fn count_intake(&self, e: &event::Event) {
@@ -587,9 +681,10 @@ impl Outputs<'_> {
 
     /// Forwards one valid attempt to the internal topic of each home key it
     /// has, keyed and placed by that key, with a raw code replaced by its hash.
-    async fn route(&mut self, e: &event::Event, payload: &[u8], batch: &mut Batch) -> Result<(), RunError> {
-        let clean = redact(payload, self.hasher).map(|(p, _)| p);
-        let body = clean.as_deref().unwrap_or(payload);
+    async fn route(&mut self, e: &event::Event, batch: &mut Batch) -> Result<(), RunError> {
+        // Written from the validated event, never the bytes as sent.
+        let body = e.to_json();
+        let body = body.as_slice();
         for (home, value) in self.engine.route_keys(e, &self.homes) {
             let Some(route) = self.topology.routes.iter().find(|r| r.home == home) else {
                 continue;
@@ -653,6 +748,7 @@ pub(crate) async fn send(
 /// they cover. Returns at the first refused delivery, without committing it.
 async fn commit_loop(
     consumer: Arc<StreamConsumer<RunContext>>,
+    producer: FutureProducer,
     topics: Vec<String>,
     mut rx: mpsc::Receiver<Batch>,
     interval: Duration,
@@ -711,26 +807,31 @@ async fn commit_loop(
                 continue;
             }
         };
-        for Pending { what, ack, timing } in batch.acks {
-            match ack.await {
-                Ok(Ok(_)) => {
-                    if let Some((ingested, event_ms)) = timing {
-                        metrics.latency_from_ingest.observe(ingested.elapsed().as_secs_f64());
-                        let from_event = chrono::Utc::now().timestamp_millis() - event_ms;
-                        metrics.latency_from_event.observe(from_event.max(0) as f64 / 1000.0);
+        for Pending {
+            what,
+            ack,
+            timing,
+            fallback,
+        } in batch.acks
+        {
+            let delivered = match (delivered(ack).await, fallback) {
+                (Err(error), Some(f)) if too_large(&error) => {
+                    warn!(error = %error, "the broker refused a dead letter; sending it without its body");
+                    match send(&producer, &f.topic, None, &f.key, &[], Some(f.letter.kafka_headers())).await {
+                        Ok(ack) => delivered(ack).await,
+                        Err(error) => Err(error),
                     }
                 }
-                Ok(Err((error, _))) => {
-                    commit(&mut acked, CommitMode::Sync);
-                    return Err(RunError::Delivery { what, error });
-                }
-                Err(_) => {
-                    commit(&mut acked, CommitMode::Sync);
-                    return Err(RunError::Delivery {
-                        what,
-                        error: KafkaError::Canceled,
-                    });
-                }
+                (result, _) => result,
+            };
+            if let Err(error) = delivered {
+                commit(&mut acked, CommitMode::Sync);
+                return Err(RunError::Delivery { what, error });
+            }
+            if let Some((ingested, event_ms)) = timing {
+                metrics.latency_from_ingest.observe(ingested.elapsed().as_secs_f64());
+                let from_event = chrono::Utc::now().timestamp_millis() - event_ms;
+                metrics.latency_from_event.observe(from_event.max(0) as f64 / 1000.0);
             }
         }
         acked.extend(batch.offsets);
@@ -741,6 +842,16 @@ async fn commit_loop(
     }
     commit(&mut acked, CommitMode::Sync);
     Ok(())
+}
+
+/// Waits for one acknowledgement: the broker's error, or `Canceled` when the
+/// producer went away first.
+async fn delivered(ack: DeliveryFuture) -> Result<(), KafkaError> {
+    match ack.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error),
+        Err(_) => Err(KafkaError::Canceled),
+    }
 }
 
 /// Not split, yet sharing the attempts topic with other instances: each sees

@@ -7,6 +7,17 @@
 //! the engine in one pass, holding only the decisions. At the first event
 //! earlier than the one before it, it starts over with a fresh engine, reads
 //! the whole file and sorts it. Both paths give the same decisions.
+//!
+//! # Record timestamps
+//!
+//! A line may start with its Kafka record's timestamp, milliseconds and a
+//! tab (`kcat -C -t kamiguard.attempts -e -f '%T\t%s\n'` writes a topic so).
+//! Such a line is held to the bound `run` applies
+//! ([`crate::event::check_ahead`]): an attempt stamped further ahead of its
+//! record than `engine.max_ahead_secs` is refused as `ts_ahead`, so a dump of
+//! a topic replays to the decisions `run` made on it. A line without one has
+//! no time of receipt to be held to; the sort by event time then keeps an
+//! attempt stamped ahead from moving the clock for the attempts before it.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -33,6 +44,9 @@ pub struct ReplaySummary {
     pub bad_lines: Vec<(u64, String)>,
     /// Events whose `event_id` had been seen already.
     pub duplicates: u64,
+    /// Events processed more than the lateness behind the newest event time
+    /// (only where the events were not sorted, as in scenario folders' order).
+    pub late: u64,
     /// Decisions by (rule, action).
     pub decisions: BTreeMap<(String, String), u64>,
 }
@@ -66,6 +80,12 @@ impl ReplaySummary {
         for (reason, n) in &self.rejected {
             s.push_str(&format!("  rejected {reason}: {n}\n"));
         }
+        if self.late > 0 {
+            s.push_str(&format!(
+                "{} events arrived more than the lateness behind the newest event time\n",
+                self.late
+            ));
+        }
         s.push_str(&format!("{} decisions\n", self.decisions_total()));
         for ((rule, action), n) in &self.decisions {
             s.push_str(&format!("  {rule} {action}: {n}\n"));
@@ -87,19 +107,22 @@ pub fn replay<R: BufRead>(
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> io::Result<Engine> {
     let engine = make_engine();
+    let max_ahead_ms = engine.max_ahead_ms();
     let mut held = Vec::new();
     let mut last_ts = i64::MIN;
     let mut in_order = true;
-    let mut duplicates = 0;
+    let (mut duplicates, mut late) = (0, 0);
     // Each event is decided once the next one is parsed and prepared, so the
     // next one's state loads while the engine decides this one.
     let mut current: Option<(Event, Prepared)> = None;
-    let mut decide = |(e, prepared): (Event, Prepared), held: &mut Vec<Decision>| {
-        if engine.process_prepared(&e, &prepared, held) == Verdict::Duplicate {
-            duplicates += 1;
-        }
+    let mut decide = |(e, prepared): (Event, Prepared), held: &mut Vec<Decision>| match engine
+        .process_prepared(&e, &prepared, held)
+    {
+        Verdict::Duplicate => duplicates += 1,
+        Verdict::Late => late += 1,
+        Verdict::Processed => {}
     };
-    for_each_line(open()?, hasher, summary, progress, |e| {
+    for_each_line(open()?, hasher, max_ahead_ms, summary, progress, |e| {
         if e.ts_ms < last_ts {
             in_order = false;
             return false;
@@ -116,6 +139,7 @@ pub fn replay<R: BufRead>(
     }
     if in_order {
         summary.duplicates += duplicates;
+        summary.late += late;
         write_decisions(held, out, summary, &now)?;
         return Ok(engine);
     }
@@ -124,17 +148,20 @@ pub fn replay<R: BufRead>(
         p.set_position(0);
     }
     let engine = make_engine();
-    let events = read_events(open()?, hasher, summary, progress)?;
+    let events = read_events(open()?, hasher, max_ahead_ms, summary, progress)?;
     run_events(&events, &engine, out, summary, now)?;
     Ok(engine)
 }
 
 /// Parses each line, recording bad ones in `summary`, and hands valid events
-/// to `f` until it returns `false`. Public so that the benchmark's baseline
-/// (parsing alone) reads lines exactly as `replay` does.
+/// to `f` until it returns `false`. A line that starts with its record
+/// timestamp is held to `max_ahead_ms` (see the module doc). Public so that
+/// the benchmark's baseline (parsing alone) reads lines exactly as `replay`
+/// does.
 pub fn for_each_line(
     mut input: impl BufRead,
     hasher: &CodeHasher,
+    max_ahead_ms: i64,
     summary: &mut ReplaySummary,
     progress: Option<&ProgressBar>,
     mut f: impl FnMut(Event) -> bool,
@@ -157,7 +184,12 @@ pub fn for_each_line(
             continue;
         }
         summary.lines += 1;
-        match event::parse(line, hasher) {
+        let (received_ms, line) = split_record_ts(line);
+        let parsed = event::parse(line, hasher).and_then(|e| match received_ms {
+            Some(at) => event::check_ahead(&e, at, max_ahead_ms).map(|()| e),
+            None => Ok(e),
+        });
+        match parsed {
             Ok(e) => {
                 summary.events += 1;
                 if !f(e) {
@@ -174,15 +206,33 @@ pub fn for_each_line(
     }
 }
 
+/// A line's leading record timestamp (digits and a tab), and the rest. No
+/// JSON object starts with a digit, so a line of the contract is never read
+/// as one.
+fn split_record_ts(line: &[u8]) -> (Option<i64>, &[u8]) {
+    let digits = line.iter().take(20).take_while(|b| b.is_ascii_digit()).count();
+    match line.get(digits) {
+        Some(b'\t') if digits > 0 => {
+            let ms = std::str::from_utf8(&line[..digits]).ok().and_then(|d| d.parse().ok());
+            match ms {
+                Some(ms) => (Some(ms), &line[digits + 1..]),
+                None => (None, line),
+            }
+        }
+        _ => (None, line),
+    }
+}
+
 /// Parses every line of `input`; returns the events in event-time order.
 pub fn read_events(
     input: impl BufRead,
     hasher: &CodeHasher,
+    max_ahead_ms: i64,
     summary: &mut ReplaySummary,
     progress: Option<&ProgressBar>,
 ) -> io::Result<Vec<Event>> {
     let mut events: Vec<Event> = Vec::new();
-    for_each_line(input, hasher, summary, progress, |e| {
+    for_each_line(input, hasher, max_ahead_ms, summary, progress, |e| {
         events.push(e);
         true
     })?;
@@ -209,8 +259,10 @@ pub fn run_events(
     let mut current = prepared.next();
     while let Some((e, this)) = current {
         current = prepared.next();
-        if engine.process_prepared(e, &this, &mut decisions) == Verdict::Duplicate {
-            summary.duplicates += 1;
+        match engine.process_prepared(e, &this, &mut decisions) {
+            Verdict::Duplicate => summary.duplicates += 1,
+            Verdict::Late => summary.late += 1,
+            Verdict::Processed => {}
         }
     }
     write_decisions(decisions, out, summary, &now)

@@ -144,14 +144,43 @@ impl Broker {
     /// Produces (key, partition, payload) records; `None` leaves the choice
     /// to the client.
     pub fn produce_to(&self, topic: &str, messages: &[(Option<String>, Option<i32>, &[u8])], one_per_batch: bool) {
+        let records: Vec<_> = messages.iter().map(|(k, p, m)| (k.clone(), *p, None, *m)).collect();
+        self.produce_records(topic, &records, one_per_batch);
+    }
+
+    /// Produces (record timestamp ms, payload) records, without keys: as an
+    /// upstream service that stamps each record when it sends it.
+    pub fn produce_timed(&self, topic: &str, messages: &[(i64, Vec<u8>)]) {
+        let records: Vec<_> = messages
+            .iter()
+            .map(|(at, m)| (None, None, Some(*at), m.as_slice()))
+            .collect();
+        self.produce_records(topic, &records, false);
+    }
+
+    /// Produces (key, partition, record timestamp, payload) records.
+    #[allow(clippy::type_complexity)]
+    fn produce_records(
+        &self,
+        topic: &str,
+        messages: &[(Option<String>, Option<i32>, Option<i64>, &[u8])],
+        one_per_batch: bool,
+    ) {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", self.bootstrap()).set("linger.ms", "5");
+        // Large enough for the hostile tests' 2 MiB attempts.
+        config
+            .set("bootstrap.servers", self.bootstrap())
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "10000000");
         if one_per_batch {
             config.set("batch.num.messages", "1");
         }
         let producer: BaseProducer = config.create().expect("producer");
-        for (key, partition, m) in messages {
+        for (key, partition, timestamp, m) in messages {
             let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(*m);
+            if let Some(at) = timestamp {
+                record = record.timestamp(*at);
+            }
             if let Some(k) = key {
                 record = record.key(k.as_str());
             }

@@ -63,3 +63,39 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Opti
         .unwrap_or_default();
     (status, body)
 }
+
+/// A message with its record timestamp, ms.
+pub type Timed = (i64, Vec<u8>);
+
+/// A generated stream as a live upstream would produce it, each attempt with
+/// its record timestamp (when it was received: its own event time), then
+/// poisoned as issue reports found it: one copy of an honest attempt stamped
+/// a year ahead in the middle, and one attempt in a hundred stamped eight
+/// hours ahead (a service writing China time with a `+00:00` offset), their
+/// records still received at the honest time. Returns the poisoned
+/// (record timestamp, message) pairs and the honest messages without the
+/// poisoned ones: what the decisions must be of.
+pub fn poisoned_stream(count: u64, seed: u64) -> (Vec<Timed>, Vec<Vec<u8>>) {
+    const HOUR_MS: i64 = 3_600_000;
+    let generated = kamiguard::pipeline::generate::generate(count, seed, 100);
+    let mut timed = Vec::new();
+    let mut clean = Vec::new();
+    for (i, line) in generated.lines().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_str(line).expect("generated json");
+        let ts = kamiguard::event::parse_ts_ms(v["ts"].as_str().expect("ts")).expect("ts");
+        if i as u64 == count / 2 {
+            let mut copy = v.clone();
+            copy["event_id"] = "poison-year".into();
+            copy["ts"] = kamiguard::event::format_ts(ts + 365 * 24 * HOUR_MS).into();
+            timed.push((ts, serde_json::to_vec(&copy).expect("json")));
+        }
+        if i % 100 == 37 {
+            v["ts"] = kamiguard::event::format_ts(ts + 8 * HOUR_MS).into();
+            timed.push((ts, serde_json::to_vec(&v).expect("json")));
+            continue;
+        }
+        timed.push((ts, line.as_bytes().to_vec()));
+        clean.push(line.as_bytes().to_vec());
+    }
+    (timed, clean)
+}

@@ -163,7 +163,7 @@ impl Metrics {
             ),
             geo_records: counter(
                 "geo_records_total",
-                "Geo lookups by database and result: kept (answered from a recently decoded record) or decoded; database=addresses counts whole lookups answered by a recently seen address.",
+                "Geo lookups by database and result: kept (answered from a recently decoded record), decoded, or failed (a record that did not decode, read as unknown); database=addresses counts whole lookups answered by a recently seen address.",
                 &["database", "result"],
             ),
             reloads: counter(
@@ -207,6 +207,9 @@ impl Metrics {
         for (database, kept, decoded) in engine.geo_record_counts() {
             add(&self.geo_records.with_label_values(&[database, "kept"]), kept);
             add(&self.geo_records.with_label_values(&[database, "decoded"]), decoded);
+        }
+        for (database, failed) in engine.geo_failed_counts() {
+            add(&self.geo_records.with_label_values(&[database, "failed"]), failed);
         }
     }
 

@@ -60,7 +60,28 @@ pub enum EnrichError {
         path: PathBuf,
         error: maxminddb::MaxMindDbError,
     },
+    #[error("{path} is a `{found}` database, not a {what} database (expected {expected}); check which file is given for which database")]
+    WrongType {
+        what: &'static str,
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
 }
+
+/// The `database_type` metadata each slot accepts, as prefixes: MaxMind's
+/// products whose records carry the fields kamiguard reads there. A
+/// Country database has no location, so distance and speed rules never fire
+/// with one; its countries serve the rest.
+const CITY_TYPES: [&str; 5] = [
+    "GeoIP2-City",
+    "GeoLite2-City",
+    "GeoIP2-Country",
+    "GeoLite2-Country",
+    "GeoIP2-Enterprise",
+];
+const ASN_TYPES: [&str; 2] = ["GeoLite2-ASN", "GeoIP2-ISP"];
+const ANONYMOUS_TYPES: [&str; 2] = ["GeoIP2-Anonymous-IP", "GeoIP-Anonymous-Plus"];
 
 /// The facts about one address.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -151,6 +172,11 @@ struct AnonymousRecord {
 struct Database<T> {
     reader: Reader<Vec<u8>>,
     recent: Recent<usize, T>,
+    /// Which database, for the warning on a record that does not decode.
+    what: &'static str,
+    /// Records found for an address that did not decode (corrupt data, or
+    /// a schema other than MaxMind's): each read as "not known".
+    failed: std::sync::atomic::AtomicU64,
 }
 
 /// Recently worked-out facts by key, in a direct-mapped table: a key's slot
@@ -229,8 +255,15 @@ impl<T: Copy + Default> Database<T> {
         let Some(offset) = found.offset() else {
             return T::default();
         };
-        self.recent.get_or(offset, offset as u64, || {
-            found.decode::<R>().ok().flatten().map(from).unwrap_or_default()
+        self.recent.get_or(offset, offset as u64, || match found.decode::<R>() {
+            Ok(record) => record.map(from).unwrap_or_default(),
+            Err(error) => {
+                let before = self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if before == 0 {
+                    tracing::warn!(database = self.what, %error, "a geo record does not decode; it reads as unknown (kamiguard_geo_records_total{{result=\"failed\"}} counts them; this is said once)");
+                }
+                T::default()
+            }
         })
     }
 }
@@ -267,7 +300,11 @@ impl std::fmt::Debug for GeoDatabases {
     }
 }
 
-fn open<T: Copy>(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Database<T>>, EnrichError> {
+fn open<T: Copy>(
+    what: &'static str,
+    accepted: &[&str],
+    path: &Option<PathBuf>,
+) -> Result<Option<Database<T>>, EnrichError> {
     path.as_deref()
         .map(|p: &Path| {
             let reader = Reader::open_readfile(p).map_err(|error| EnrichError::Open {
@@ -275,9 +312,20 @@ fn open<T: Copy>(what: &'static str, path: &Option<PathBuf>) -> Result<Option<Da
                 path: p.to_owned(),
                 error,
             })?;
+            let found = &reader.metadata().database_type;
+            if !accepted.iter().any(|t| found.starts_with(t)) {
+                return Err(EnrichError::WrongType {
+                    what,
+                    path: p.to_owned(),
+                    found: found.chars().take(64).collect(),
+                    expected: accepted.join(", "),
+                });
+            }
             Ok(Database {
                 reader,
                 recent: Recent::new(),
+                what,
+                failed: Default::default(),
             })
         })
         .transpose()
@@ -287,9 +335,9 @@ impl GeoDatabases {
     /// Opens every configured database.
     pub fn open(config: &GeoConfig) -> Result<GeoDatabases, EnrichError> {
         Ok(GeoDatabases {
-            city: open("City", &config.city)?,
-            asn: open("ASN", &config.asn)?,
-            anonymous: open("Anonymous-IP", &config.anonymous)?,
+            city: open("City", &CITY_TYPES, &config.city)?,
+            asn: open("ASN", &ASN_TYPES, &config.asn)?,
+            anonymous: open("Anonymous-IP", &ANONYMOUS_TYPES, &config.anonymous)?,
             addresses: Recent::new(),
         })
     }
@@ -314,6 +362,21 @@ impl GeoDatabases {
             counts("asn", self.asn.as_ref().map(|d| d.recent.counts())),
             counts("anonymous", self.anonymous.as_ref().map(|d| d.recent.counts())),
             counts("addresses", any_open.then(|| self.addresses.counts())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// For each open database, the records found that did not decode.
+    pub fn failed_counts(&self) -> Vec<(&'static str, u64)> {
+        let failed = |name, n: Option<&std::sync::atomic::AtomicU64>| {
+            n.map(|n| (name, n.load(std::sync::atomic::Ordering::Relaxed)))
+        };
+        [
+            failed("city", self.city.as_ref().map(|d| &d.failed)),
+            failed("asn", self.asn.as_ref().map(|d| &d.failed)),
+            failed("anonymous", self.anonymous.as_ref().map(|d| &d.failed)),
         ]
         .into_iter()
         .flatten()

@@ -767,9 +767,9 @@ impl Engine {
         };
         if let Some(m) = memory {
             if let Some(device) = keys.device {
-                facts.new_device = Some(m.has_history() && !m.knows_device(device));
+                facts.new_device = Some(m.has_history(e.ts_ms) && !m.knows_device(device, e.ts_ms));
             }
-            if let (Some(here), Some(last)) = (geo.location, m.last_place) {
+            if let (Some(here), Some(last)) = (geo.location, m.place_before(e.ts_ms)) {
                 // Both ends at the precision a place is kept in (`f32`,
                 // about a metre): the same city twice is then 0 km apart,
                 // not a rounding error apart, and costs no trigonometry.
@@ -789,7 +789,9 @@ impl Engine {
             Some(bound) => bound != e.account.id.as_ref(),
             None if rules.needs_card_memory => self
                 .cards
-                .read(keys.card, self.memory_stale_ms(), |c| c.bound_account != keys.account)
+                .read(keys.card, self.memory_stale_ms(), |c| {
+                    c.bound_before(e.ts_ms).is_some_and(|a| a != keys.account)
+                })
                 .unwrap_or(false),
             None => false,
         };
@@ -1017,10 +1019,12 @@ impl Engine {
         })
     }
 
-    /// What the account knew before this attempt, for the rules to judge it
-    /// against; a success also teaches the account its device and place, in
-    /// the same lookup (one probe of the store where a read and a later
-    /// update took two). The rules see only the copy from before.
+    /// What the account knows, for the rules to judge this attempt against
+    /// as of its event time (see [`AccountMemory`]); a success also teaches
+    /// the account its device and place, in the same lookup (one probe of
+    /// the store where a read and a later update took two). What it teaches
+    /// is of this attempt's own millisecond, which no question about this
+    /// attempt counts as before it.
     fn recall_account(&self, e: &Event, keys: &Keys, geo: &crate::enrich::GeoFacts) -> Option<AccountMemory> {
         if e.outcome != Outcome::Success {
             return self.accounts.read(keys.account, self.memory_stale_ms(), Clone::clone);
@@ -1031,32 +1035,24 @@ impl Engine {
             country: geo.country,
             ts_ms: e.ts_ms,
         });
-        self.accounts
-            .with_new(
-                keys.account,
-                self.memory_stale_ms(),
-                AccountMemory::default,
-                |m, fresh| {
-                    let before = (!fresh).then(|| m.clone());
-                    m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
-                    if let Some(d) = keys.device {
-                        m.learn_device(d);
-                    }
-                    if let Some(p) = place {
-                        if m.last_place.is_none_or(|old| old.ts_ms <= p.ts_ms) {
-                            m.last_place = Some(p);
-                        }
-                    }
-                    before
-                },
-            )
-            .flatten()
+        self.accounts.with_new(
+            keys.account,
+            self.memory_stale_ms(),
+            AccountMemory::default,
+            |m, _fresh| {
+                m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
+                if let Some(d) = keys.device {
+                    m.learn_device(d, e.ts_ms);
+                }
+                if let Some(p) = place {
+                    m.learn_place(p, self.lateness_ms());
+                }
+                m.clone()
+            },
+        )
     }
 
-    /// Updates card memory after the rules have seen the attempt, so an
-    /// attempt is judged against what was known before it (account memory
-    /// learns in [`Engine::recall_account`], before the rules, and hands
-    /// them the copy from before).
+    /// Teaches card memory a successful activation (see [`CardMemory`]).
     fn remember(&self, rules: &RuleSet, e: &Event, keys: &Keys, serves: impl Fn(KeyName) -> bool) {
         if e.outcome != Outcome::Success {
             return;
@@ -1071,9 +1067,10 @@ impl Engine {
                 self.memory_stale_ms(),
                 || CardMemory {
                     bound_account: bound,
+                    activated_ms: e.ts_ms,
                     last_seen_ms: e.ts_ms,
                 },
-                |c| c.last_seen_ms = c.last_seen_ms.max(e.ts_ms),
+                |c| c.learn(bound, e.ts_ms),
             );
         }
     }
@@ -1193,6 +1190,11 @@ impl Engine {
     /// Per open geo database: lookups answered from a kept record, records decoded.
     pub fn geo_record_counts(&self) -> Vec<(&'static str, u64, u64)> {
         self.geo.record_counts()
+    }
+
+    /// Per open geo database: records found that did not decode.
+    pub fn geo_failed_counts(&self) -> Vec<(&'static str, u64)> {
+        self.geo.failed_counts()
     }
 
     /// Active decisions by scope at the engine's event time.

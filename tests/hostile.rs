@@ -75,3 +75,131 @@ fn attempts_stamped_ahead_of_their_records_change_no_decision_in_replay() {
         "{stderr}"
     );
 }
+
+mod arrival_order {
+    use std::sync::Arc;
+
+    use kamiguard::engine::{Engine, EngineConfig};
+    use kamiguard::event::{format_ts, parse, CodeHasher, Event};
+    use kamiguard::rules::compile_sources;
+    use proptest::prelude::*;
+
+    /// Every rule that reads account or card memory, deciding on the
+    /// attempt's address: each attempt has its own, so no decision book
+    /// stands between a verdict and its decision, and the decisions show
+    /// exactly which attempts the memory facts made fire.
+    const MEMORY_RULES: &str = r#"
+[[rule]]
+id = "new-device"
+kind = "match"
+filter = { new_device = true }
+scope = "ip"
+action = "challenge"
+score = 10
+
+[[rule]]
+id = "takeover"
+kind = "match"
+filter = { new_device = true, min_distance_km = 800.0 }
+scope = "ip"
+action = "block"
+score = 90
+
+[[rule]]
+id = "travel"
+kind = "match"
+filter = { min_speed_kmh = 1000.0, min_distance_km = 500.0 }
+scope = "ip"
+action = "challenge"
+score = 60
+
+[[rule]]
+id = "transfer"
+kind = "match"
+filter = { kind = ["redemption"], bound_to_other_account = true }
+scope = "ip"
+action = "block"
+score = 80
+"#;
+
+    /// Addresses in the fixture's cities: Beijing, Guangzhou, Shanghai,
+    /// Tokyo, New York (`demo::geo::PLACES`), host `n` of each.
+    fn address(city: usize, n: usize) -> String {
+        match city {
+            0 => format!("175.16.199.{}", n % 250),
+            1 => format!("100.64.{}.{}", n / 250, n % 250),
+            2 => format!("100.65.{}.{}", n / 250, n % 250),
+            3 => format!("198.51.100.{}", n % 250),
+            _ => format!("203.0.113.{}", n % 250),
+        }
+    }
+
+    fn attempt(i: usize, (account, device, city, card, activation, success): (u8, u8, usize, u8, bool, bool)) -> Event {
+        let line = format!(
+            r#"{{"event_id":"o-{i}","ts":"{}","kind":"{}","outcome":"{}","card":{{"code_hash":"c0ffee0{card}","face_value":100000}},"account":{{"id":"u-{account}"}},"device":{{"fingerprint":"fp-{device}"}},"ip":"{}"}}"#,
+            format_ts(1_795_305_600_000 + i as i64 * 2_000),
+            if activation { "activation" } else { "redemption" },
+            if success { "success" } else { "wrong_pin" },
+            address(city, i),
+        );
+        parse(line.as_bytes(), &CodeHasher::without_key()).expect("valid attempt")
+    }
+
+    /// (rule, trigger) of every decision, the events given in this order.
+    fn fired(events: &[&Event], geo: &Arc<kamiguard::enrich::GeoDatabases>) -> Vec<(String, String)> {
+        let rules =
+            Arc::new(compile_sources(&[("m.toml".into(), MEMORY_RULES.into())], geo.available()).expect("rules"));
+        let engine = Engine::new(rules, geo.clone(), EngineConfig::default()).expect("engine");
+        let mut out = Vec::new();
+        for e in events {
+            engine.process(e, &mut out);
+        }
+        let mut fired: Vec<(String, String)> = out
+            .iter()
+            .map(|d| (d.rule.to_string(), d.trigger_event_id.clone()))
+            .collect();
+        fired.sort();
+        fired
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Attempts arrive up to 25 s (inside the 30 s lateness) behind
+        /// later ones, as from two partitions or a retried send; each
+        /// success is in by the time anything after it in event time
+        /// arrives. Every memory rule fires on the same attempts as in
+        /// event-time order.
+        #[test]
+        fn memory_verdicts_do_not_depend_on_arrival_order(
+            attempts in proptest::collection::vec(
+                (0u8..3, 0u8..3, 0usize..5, 0u8..4, proptest::bool::weighted(0.3), proptest::bool::weighted(0.6)),
+                10..60,
+            ),
+            jitter in proptest::collection::vec(0i64..25_000, 60),
+        ) {
+            let events: Vec<Event> = attempts.iter().enumerate().map(|(i, a)| attempt(i, *a)).collect();
+            // Memory keeps the places of at most eight successes within the
+            // lateness (`state::memory::KEPT_PLACES`).
+            let crowded = events.iter().any(|e| {
+                let near = |o: &&Event| {
+                    o.account.id == e.account.id
+                        && o.outcome == kamiguard::event::Outcome::Success
+                        && (e.ts_ms..e.ts_ms + 30_000).contains(&o.ts_ms)
+                };
+                events.iter().filter(near).count() > 8
+            });
+            prop_assume!(!crowded);
+            let (_dir, _, geo) = crate::common::fixture_geo();
+            let in_order: Vec<&Event> = events.iter().collect();
+            let mut arrived: Vec<(i64, &Event)> = events
+                .iter()
+                .zip(&jitter)
+                .map(|(e, j)| (e.ts_ms + if e.outcome == kamiguard::event::Outcome::Success { 0 } else { *j }, e))
+                .collect();
+            arrived.sort_by_key(|(at, _)| *at);
+            let arrived: Vec<&Event> = arrived.into_iter().map(|(_, e)| e).collect();
+            prop_assert_eq!(fired(&arrived, &geo), fired(&in_order, &geo));
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::rules::filter::{human_secs, yuan};
 use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
     key_of, AccountMemory, BudgetStats, CapHits, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore,
-    LastSeen, Place, SeenEvents, SlidingCount, StateBudget,
+    LastSeen, Recalled, SeenEvents, SlidingCount, StateBudget,
 };
 
 /// Most sample event ids a decision carries.
@@ -623,7 +623,7 @@ impl Engine {
         } else {
             None
         };
-        let facts = self.facts(rules, e, &keys, geo, memory.as_ref());
+        let facts = self.facts(rules, e, &keys, geo, memory);
 
         // The rules whose filters the attempt's own fields pass, from
         // `prepare` when it judged them for this rule set.
@@ -758,7 +758,7 @@ impl Engine {
         e: &Event,
         keys: &Keys,
         geo: crate::enrich::GeoFacts,
-        memory: Option<&AccountMemory>,
+        memory: Option<Recalled>,
     ) -> Facts {
         let mut facts = Facts {
             geo,
@@ -766,10 +766,10 @@ impl Engine {
             ..Facts::default()
         };
         if let Some(m) = memory {
-            if let Some(device) = keys.device {
-                facts.new_device = Some(m.has_history(e.ts_ms) && !m.knows_device(device, e.ts_ms));
+            if let Some(known) = m.knows_device {
+                facts.new_device = Some(m.has_history && !known);
             }
-            if let (Some(here), Some(last)) = (geo.location, m.place_before(e.ts_ms)) {
+            if let (Some(here), Some(last)) = (geo.location, m.last_place) {
                 // Both ends at the precision a place is kept in (`f32`,
                 // about a metre): the same city twice is then 0 km apart,
                 // not a rounding error apart, and costs no trigonometry.
@@ -1025,31 +1025,18 @@ impl Engine {
     /// the store where a read and a later update took two). What it teaches
     /// is of this attempt's own millisecond, which no question about this
     /// attempt counts as before it.
-    fn recall_account(&self, e: &Event, keys: &Keys, geo: &crate::enrich::GeoFacts) -> Option<AccountMemory> {
+    fn recall_account(&self, e: &Event, keys: &Keys, geo: &crate::enrich::GeoFacts) -> Option<Recalled> {
         if e.outcome != Outcome::Success {
-            return self.accounts.read(keys.account, self.memory_stale_ms(), Clone::clone);
+            return self
+                .accounts
+                .read(keys.account, self.memory_stale_ms(), |m| m.recall(keys.device, e.ts_ms));
         }
-        let place = geo.location.map(|(lat, lon)| Place {
-            lat: lat as f32,
-            lon: lon as f32,
-            country: geo.country,
-            ts_ms: e.ts_ms,
-        });
-        self.accounts.with_new(
-            keys.account,
-            self.memory_stale_ms(),
-            AccountMemory::default,
-            |m, _fresh| {
-                m.last_seen_ms = m.last_seen_ms.max(e.ts_ms);
-                if let Some(d) = keys.device {
-                    m.learn_device(d, e.ts_ms);
-                }
-                if let Some(p) = place {
-                    m.learn_place(p, self.lateness_ms());
-                }
-                m.clone()
-            },
-        )
+        let place = geo.location.map(|(lat, lon)| (lat as f32, lon as f32));
+        self.accounts
+            .with(keys.account, self.memory_stale_ms(), AccountMemory::default, |m| {
+                m.learn(e.ts_ms, keys.device, place, self.lateness_ms());
+                m.recall(keys.device, e.ts_ms)
+            })
     }
 
     /// Teaches card memory a successful activation (see [`CardMemory`]).

@@ -1,8 +1,6 @@
 //! Long-lived memory per account and per card, and the set of recently seen
 //! event ids that keeps a redelivered event from counting twice.
 
-use crate::event::Country;
-
 use std::sync::Mutex;
 
 use super::store::{LastSeen, Layout, TableHasher};
@@ -23,81 +21,175 @@ pub const KEPT_PLACES: usize = 8;
 /// it: an attempt that comes in behind a later success of its account (two
 /// partitions, a retried send) is judged as it would be in event-time order.
 /// A success at the same millisecond does not count as before.
+///
+/// Times are kept as milliseconds before `last_seen_ms` in a `u32` (up to
+/// 49 days; older reads as 49 days), so an account takes 120 bytes: the
+/// accounts' table is walked on every attempt, and its slot size is felt in
+/// the replay's speed (BENCHMARKS.md, "Account memory as of event time").
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccountMemory {
-    /// Hashes of devices that succeeded on this account, each with its
-    /// first success.
-    devices: [(u64, i64); KNOWN_DEVICES],
+    /// Hashes of devices that succeeded on this account.
+    devices: [u64; KNOWN_DEVICES],
+    /// How long before `last_seen_ms` each device first succeeded.
+    device_backs: [u32; KNOWN_DEVICES],
     device_count: u8,
-    /// Where and when the account succeeded, oldest first: the newest place
-    /// and those within the lateness before it, plus the newest one older
-    /// than that, so an attempt up to the lateness late finds the place
-    /// before it.
-    places: smallvec::SmallVec<[Place; 2]>,
+    /// Where the account succeeded, oldest first: the newest place and those
+    /// within the lateness before it, plus the newest one older than that,
+    /// so an attempt up to the lateness late finds the place before it.
+    places: smallvec::SmallVec<[Spot; 2]>,
+    /// The newest success; every kept time counts back from it.
     pub last_seen_ms: i64,
 }
 
-/// A located attempt.
+/// A place as kept: where, and how long before `last_seen_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spot {
+    lat: f32,
+    lon: f32,
+    back_ms: u32,
+}
+
+/// A located success.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Place {
     pub lat: f32,
     pub lon: f32,
-    pub country: Option<Country>,
     pub ts_ms: i64,
 }
 
 impl AccountMemory {
+    /// The event time of a time kept as `back_ms` before the newest success.
+    fn at(&self, back_ms: u32) -> i64 {
+        self.last_seen_ms - back_ms as i64
+    }
+
+    /// `ts_ms` as kept: how long before the newest success.
+    fn back(&self, ts_ms: i64) -> u32 {
+        u32::try_from(self.last_seen_ms.saturating_sub(ts_ms)).unwrap_or(u32::MAX)
+    }
+
     /// Whether `device` succeeded on this account before `ts_ms`.
     pub fn knows_device(&self, device: u64, ts_ms: i64) -> bool {
-        self.devices[..self.device_count as usize]
+        let n = self.device_count as usize;
+        self.devices[..n]
             .iter()
-            .any(|(d, first)| *d == device && *first < ts_ms)
+            .zip(&self.device_backs[..n])
+            .any(|(d, back)| *d == device && self.at(*back) < ts_ms)
     }
 
     /// Whether the account succeeded at all before `ts_ms`.
     pub fn has_history(&self, ts_ms: i64) -> bool {
-        self.devices[..self.device_count as usize]
-            .iter()
-            .any(|(_, first)| *first < ts_ms)
-            || self.places.first().is_some_and(|p| p.ts_ms < ts_ms)
+        let n = self.device_count as usize;
+        self.device_backs[..n].iter().any(|back| self.at(*back) < ts_ms)
+            || self.places.first().is_some_and(|p| self.at(p.back_ms) < ts_ms)
     }
 
     /// The newest place the account succeeded at before `ts_ms`.
     pub fn place_before(&self, ts_ms: i64) -> Option<Place> {
-        self.places.iter().rev().find(|p| p.ts_ms < ts_ms).copied()
+        self.places
+            .iter()
+            .rev()
+            .find(|p| self.at(p.back_ms) < ts_ms)
+            .map(|p| Place {
+                lat: p.lat,
+                lon: p.lon,
+                ts_ms: self.at(p.back_ms),
+            })
     }
 
-    /// Remembers `device` as the account's own from `ts_ms` (its earliest
-    /// success, whatever the order they arrive in), forgetting the device
-    /// first seen longest ago when full.
-    pub fn learn_device(&mut self, device: u64, ts_ms: i64) {
+    /// Learns a success at `ts_ms`: from `device`, at `place`. Keeps the
+    /// places an attempt up to `lateness_ms` behind the newest could still
+    /// need (see [`AccountMemory::places`]), at most [`KEPT_PLACES`].
+    pub fn learn(&mut self, ts_ms: i64, device: Option<u64>, place: Option<(f32, f32)>, lateness_ms: i64) {
+        if ts_ms > self.last_seen_ms {
+            // Every kept time counts back from the newest success.
+            let shift = u32::try_from(ts_ms - self.last_seen_ms).unwrap_or(u32::MAX);
+            for back in &mut self.device_backs {
+                *back = back.saturating_add(shift);
+            }
+            for p in &mut self.places {
+                p.back_ms = p.back_ms.saturating_add(shift);
+            }
+            self.last_seen_ms = ts_ms;
+        }
+        let back = self.back(ts_ms);
+        if let Some(d) = device {
+            self.learn_device(d, back);
+        }
+        if let Some((lat, lon)) = place {
+            self.learn_place(
+                Spot {
+                    lat,
+                    lon,
+                    back_ms: back,
+                },
+                lateness_ms,
+            );
+        }
+    }
+
+    /// Remembers `device` from `back` (its earliest success, whatever the
+    /// order they arrive in), forgetting the device first seen longest ago
+    /// when full.
+    fn learn_device(&mut self, device: u64, back: u32) {
         let n = self.device_count as usize;
-        if let Some(known) = self.devices[..n].iter_mut().find(|(d, _)| *d == device) {
-            known.1 = known.1.min(ts_ms);
+        if let Some(i) = self.devices[..n].iter().position(|d| *d == device) {
+            self.device_backs[i] = self.device_backs[i].max(back);
             return;
         }
-        if n < KNOWN_DEVICES {
-            self.devices[n] = (device, ts_ms);
+        let slot = if n < KNOWN_DEVICES {
             self.device_count += 1;
-        } else if let Some(oldest) = self.devices.iter_mut().min_by_key(|(_, first)| *first) {
-            *oldest = (device, ts_ms);
-        }
+            n
+        } else {
+            (0..KNOWN_DEVICES).max_by_key(|i| self.device_backs[*i]).unwrap_or(0)
+        };
+        self.devices[slot] = device;
+        self.device_backs[slot] = back;
     }
 
-    /// Remembers a successful place, in event-time order. Keeps the places
-    /// an attempt up to `lateness_ms` behind the newest could still need: the
-    /// newest, those within the lateness before it, and the newest older
-    /// than that; at most [`KEPT_PLACES`], the oldest dropped first.
-    pub fn learn_place(&mut self, place: Place, lateness_ms: i64) {
-        let at = self.places.partition_point(|p| p.ts_ms <= place.ts_ms);
-        self.places.insert(at, place);
-        let newest = self.places.last().map_or(i64::MIN, |p| p.ts_ms);
-        let horizon = newest.saturating_sub(lateness_ms);
+    fn learn_place(&mut self, spot: Spot, lateness_ms: i64) {
+        // Oldest first: the largest `back_ms` first. The newest success (the
+        // usual case) goes last, and an account that succeeds now and then
+        // keeps two places, its newest and the one before, inline.
+        if spot.back_ms == 0 {
+            self.places.push(spot);
+        } else {
+            let at = self.places.partition_point(|p| p.back_ms >= spot.back_ms);
+            self.places.insert(at, spot);
+        }
+        let horizon = u32::try_from(lateness_ms).unwrap_or(u32::MAX);
         // The newest place at or before the horizon answers everything
         // older; what is before it answers nothing any more.
-        let anchor = self.places.iter().rposition(|p| p.ts_ms <= horizon).unwrap_or(0);
+        let anchor = self.places.iter().rposition(|p| p.back_ms >= horizon).unwrap_or(0);
         let drop = anchor.max(self.places.len().saturating_sub(KEPT_PLACES));
         self.places.drain(..drop);
+    }
+}
+
+// The size the doc above promises, where pointers are 64 bits.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<AccountMemory>() == 120);
+
+/// What [`AccountMemory`] says about one attempt, as of its event time: all
+/// the rules read of it, small enough to copy out of the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Recalled {
+    /// The account succeeded before the attempt.
+    pub has_history: bool,
+    /// The attempt's device succeeded on it before; `None` without a device.
+    pub knows_device: Option<bool>,
+    /// The newest place it succeeded at before the attempt.
+    pub last_place: Option<Place>,
+}
+
+impl AccountMemory {
+    /// What the rules ask of the account about an attempt at `ts_ms` from `device`.
+    pub fn recall(&self, device: Option<u64>, ts_ms: i64) -> Recalled {
+        Recalled {
+            has_history: self.has_history(ts_ms),
+            knows_device: device.map(|d| self.knows_device(d, ts_ms)),
+            last_place: self.place_before(ts_ms),
+        }
     }
 }
 
@@ -243,7 +335,7 @@ mod tests {
     fn known_devices_are_bounded() {
         let mut m = AccountMemory::default();
         for d in 0..10 {
-            m.learn_device(d, d as i64);
+            m.learn(d as i64 + 1, Some(d), None, 30_000);
         }
         assert!(m.knows_device(9, 100));
         assert!(!m.knows_device(0, 100));
@@ -251,31 +343,26 @@ mod tests {
 
     #[test]
     fn memory_answers_as_of_an_attempts_time_whatever_arrived_first() {
-        let place = |ts_ms, lat| Place {
-            lat,
-            lon: 0.0,
-            country: None,
-            ts_ms,
-        };
         let mut m = AccountMemory::default();
         // A success at 100 s arrives first, then one at 40 s.
-        m.learn_device(7, 100_000);
-        m.learn_place(place(100_000, 10.0), 30_000);
+        m.learn(100_000, Some(7), Some((10.0, 0.0)), 30_000);
         assert!(!m.has_history(50_000), "nothing was known at 50 s yet");
-        m.learn_device(7, 40_000);
-        m.learn_place(place(40_000, 20.0), 30_000);
+        m.learn(40_000, Some(7), Some((20.0, 0.0)), 30_000);
         assert!(m.knows_device(7, 50_000), "the earliest success counts");
         assert!(!m.knows_device(7, 40_000), "not at the same millisecond");
-        assert_eq!(m.place_before(90_000).map(|p| p.lat), Some(20.0));
+        assert_eq!(m.place_before(90_000).map(|p| (p.lat, p.ts_ms)), Some((20.0, 40_000)));
         assert_eq!(m.place_before(100_001).map(|p| p.lat), Some(10.0));
         // Far newer places: those older than the lateness go, but the
         // newest of them stays to answer for its era.
         for (i, ts) in [200_000, 210_000, 220_000, 300_000].into_iter().enumerate() {
-            m.learn_place(place(ts, i as f32), 30_000);
+            m.learn(ts, None, Some((i as f32, 0.0)), 30_000);
         }
-        let kept: Vec<i64> = m.places.iter().map(|p| p.ts_ms).collect();
+        let kept: Vec<i64> = m.places.iter().map(|p| m.at(p.back_ms)).collect();
         assert_eq!(kept, [220_000, 300_000]);
         assert_eq!(m.place_before(275_000).map(|p| p.ts_ms), Some(220_000));
+        // Times older than a u32 of milliseconds read as that old.
+        m.learn(300_000 + 60 * 86_400_000, None, None, 30_000);
+        assert!(m.knows_device(7, 300_000 + 60 * 86_400_000));
     }
 
     #[test]

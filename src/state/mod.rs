@@ -11,7 +11,7 @@ pub mod quota;
 pub mod store;
 pub mod window;
 
-pub use memory::{AccountMemory, CardMemory, Place, SeenEvents};
+pub use memory::{AccountMemory, CardMemory, Place, Recalled, SeenEvents};
 pub use quota::{EventClock, KeyedQuota};
-pub use store::{key_of, BudgetStats, CapHits, KeyedStore, LastSeen, StateBudget};
+pub use store::{key_of, seed_keys, BudgetStats, CapHits, KeyedStore, LastSeen, StateBudget};
 pub use window::{Cell, DistinctWindow, SlidingCount, SlidingSum, BUCKETS};

@@ -179,6 +179,17 @@ impl Common {
     }
 }
 
+/// The code hasher from the environment or the config, with the process's
+/// state keys seeded from its key (`state::seed_keys`) before any rule set
+/// is compiled. Without a key, keys keep the public seed.
+fn code_hasher(config: &Config) -> CodeHasher {
+    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+    if let Some(seed) = hasher.state_key_seed() {
+        kamiguard::state::seed_keys(seed);
+    }
+    hasher
+}
+
 fn rules_path(config: &Config) -> PathBuf {
     config.rules.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RULES))
 }
@@ -255,8 +266,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let hasher = code_hasher(&config);
     let rules = load(&rules_path(&config), geo.available())?;
-    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
 
     let len = std::fs::metadata(events)
         .with_context(|| format!("cannot open {}", events.display()))?
@@ -338,9 +349,9 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let available = geo.available();
+    let hasher = code_hasher(&config);
     let rules = load(&rules_path(&config), available)?;
     let engine = Arc::new(Engine::new(rules, geo, config.engine.clone())?);
-    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
     let (runtime, shutdown) = runtime_with_signals()?;
     let metrics = Arc::new(kamiguard::metrics::Metrics::new());
     let reloader = kamiguard::reload::Reloader::new(rules_path(&config), available, engine.clone(), metrics.clone());
@@ -496,7 +507,7 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
 fn test_rules(dir: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
-    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+    let hasher = code_hasher(&config);
     let default_rules = match (&config.rules, Path::new(DEFAULT_RULES).exists()) {
         (Some(p), _) => Some(load(p, geo.available())?),
         (None, true) => Some(load(Path::new(DEFAULT_RULES), geo.available())?),

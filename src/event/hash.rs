@@ -49,6 +49,21 @@ impl CodeHasher {
         self.digest(code.as_bytes()).ok_or(EventError::NoCodeKey)
     }
 
+    /// The secret seed of state keys ([`crate::state::seed_keys`]): derived
+    /// from the code key, so every instance of a deployment, and a replay
+    /// with the same key, hashes keys alike; `None` without a key.
+    pub fn state_key_seed(&self) -> Option<[u64; 2]> {
+        let mut mac = self.mac.clone()?;
+        mac.update(b"kamiguard state key seed v1");
+        let bytes = mac.finalize().into_bytes();
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some([word(0), word(1)])
+    }
+
     /// Lower-case hex HMAC-SHA256 of any bytes under the code key (a dead
     /// letter's body that cannot be shown); `None` without a key.
     pub fn digest(&self, bytes: &[u8]) -> Option<Box<str>> {

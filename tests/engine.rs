@@ -123,10 +123,21 @@ fn a_late_event_within_the_window_still_counts() {
     for (i, second) in [100, 130, 160, 190].into_iter().enumerate() {
         engine.process(&attempt(&format!("l-{i}"), second, "10.2.2.2"), &mut out);
     }
-    // arrives after the others but happened before them
-    engine.process(&attempt("l-late", 40, "10.2.2.2"), &mut out);
+    // arrives after the others but happened before them, by more than the
+    // 30 s lateness: decided and counted where it belongs, and said to be late
+    assert_eq!(
+        engine.process(&attempt("l-late", 40, "10.2.2.2"), &mut out),
+        Verdict::Late
+    );
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].trigger_event_id, "l-late");
+    assert_eq!(engine.stats().late, 1);
+    // within the lateness: not late
+    assert_eq!(
+        engine.process(&attempt("l-near", 170, "10.2.2.3"), &mut out),
+        Verdict::Processed
+    );
+    assert_eq!(engine.stats().late, 1);
 }
 
 /// What several instances do when split (`kafka::topology`): each home key's

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub duplicates: IntCounter,
     pub late: IntCounter,
+    /// Event-time order (`kafka::order`).
+    pub order_buffered: IntGauge,
+    pub order_wait: Histogram,
+    pub order_behind: IntCounter,
+    pub order_forced: IntCounter,
     pub decisions: IntCounterVec,
     pub latency_from_event: Histogram,
     pub latency_from_ingest: Histogram,
@@ -111,6 +116,29 @@ impl Metrics {
             ),
             duplicates: counter("duplicate_events_total", "Redelivered events dropped by event id.", &[])
                 .with_label_values(&[] as &[&str]),
+            order_buffered: gauge(
+                "order_buffered",
+                "Attempts held to be taken in event-time order across partitions.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            order_wait: histogram(
+                "order_wait_seconds",
+                "How long an attempt waited for the other partitions to come as far in event time.",
+                &LATENCY_BUCKETS,
+            ),
+            order_behind: counter(
+                "order_behind_total",
+                "Attempts taken after later ones had been: their source was idle, silent past pipeline.order_stall_ms, or out of order within its partition.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            order_forced: counter(
+                "order_forced_total",
+                "Attempts released before their turn because the ordering buffer was full (pipeline.order_buffer).",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             late: counter(
                 "late_events_total",
                 "Attempts decided more than the lateness behind the newest event time (counted, not dropped).",

@@ -53,10 +53,13 @@ fn published(seen: &[Record]) -> BTreeSet<Verdict> {
 /// A device farm spread thin: eight fresh accounts on one device, two on each
 /// partition. The device-farm rule's threshold is five accounts, so only an
 /// instance that sees every partition's attempts for the device catches it.
-/// Stamped with the time of `neighbour`.
+/// Stamped a millisecond apart from the time of `neighbour`: attempts at the
+/// same millisecond on different partitions have no order but the file's,
+/// which only replay knows, and which one crosses the line names the
+/// decision.
 fn spread_farm(neighbour: &[u8]) -> Vec<Vec<u8>> {
     let v: Value = serde_json::from_slice(neighbour).expect("json");
-    let ts = v["ts"].as_str().expect("ts");
+    let at = kamiguard::event::parse_ts_ms(v["ts"].as_str().expect("ts")).expect("ts");
     let mut per_partition = [0; PARTITIONS as usize];
     let accounts = (0..).map(|i| format!("u-spread-{i}")).filter(|a| {
         let p = partition_for(a.as_bytes(), PARTITIONS) as usize;
@@ -67,6 +70,7 @@ fn spread_farm(neighbour: &[u8]) -> Vec<Vec<u8>> {
         .take(2 * PARTITIONS as usize)
         .enumerate()
         .map(|(i, account)| {
+            let ts = kamiguard::event::format_ts(at + i as i64);
             format!(
                 r#"{{"event_id":"spread-{i}","ts":"{ts}","kind":"redemption","outcome":"success","card":{{"code_hash":"5b5b{i:012x}","face_value":2000}},"account":{{"id":"{account}","created_at":"2026-11-21T00:00:00Z","verified":false,"country":"CN"}},"device":{{"fingerprint":"fp-spread-farm","platform":"android"}},"ip":"175.16.199.{}","channel":"app"}}"#,
                 10 + i
@@ -115,6 +119,12 @@ struct Split {
 }
 
 fn split(group: &'static str, count: u64, seed: u64) -> Split {
+    split_at(group, count, seed, 1000, "")
+}
+
+/// [`split`] with `rate` attempts a second of event time and `pipeline`
+/// lines added to the `[pipeline]` section.
+fn split_at(group: &'static str, count: u64, seed: u64, rate: u64, pipeline: &str) -> Split {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::memory(dir.path());
     broker.create_topics(PARTITIONS);
@@ -127,10 +137,18 @@ fn split(group: &'static str, count: u64, seed: u64) -> Split {
         PARTITIONS,
         "[kafka.producer]\n\"batch.num.messages\" = \"1\"\n",
     );
+    if !pipeline.is_empty() {
+        let text = std::fs::read_to_string(&setup.config).expect("config");
+        std::fs::write(
+            &setup.config,
+            text.replace("[pipeline]\n", &format!("[pipeline]\n{pipeline}\n")),
+        )
+        .expect("config");
+    }
     // 1000 attempts a second of event time: the partitions' interleaving
     // shifts an attempt by a few seconds at most, well inside the lateness.
     // One attempt in 500 carries its raw code, which must reach no topic.
-    let lines: Vec<Vec<u8>> = kamiguard::pipeline::generate::generate(count, seed, 1000)
+    let lines: Vec<Vec<u8>> = kamiguard::pipeline::generate::generate(count, seed, rate)
         .lines()
         .enumerate()
         .map(|(i, l)| match (i % 500, l.find("\"code_hash\":\"")) {
@@ -397,5 +415,121 @@ fn survivors_take_over_a_killed_instances_partitions_mid_attack() {
         (1..=2).any(|n| st.logged_internal(n, "state restored")),
         "a survivor rebuilt the windows of a partition it took over\n{}",
         st.setup.logs()
+    );
+}
+
+/// Decisions by id, `decided_at` removed.
+fn by_id(seen: &[Record]) -> std::collections::BTreeMap<String, Value> {
+    common::pipeline::by_id(seen.iter().map(|r| r.payload.as_slice()))
+}
+
+/// A backlog: the input is all on the broker before anything reads it, at
+/// 50 attempts a second of event time, so one fetch of a partition (up to a
+/// megabyte, about 3,000 attempts) spans a minute of event time, twice the
+/// lateness. One instance reads all four partitions unsplit.
+fn backlog_one_instance(group: &'static str, pipeline: &str) -> (Split, std::collections::BTreeMap<String, Value>) {
+    let st = split_at(group, 16_000, 47, 50, &format!("repartition = \"never\"\n{pipeline}"));
+    st.produce(&st.lines);
+    let run = Processor::start(&st.setup, "run");
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.wait_all_committed(Duration::from_secs(180));
+    decisions.drain(Duration::from_secs(2));
+    assert_eq!(run.sigterm().code(), Some(0));
+    let got = by_id(&decisions.seen);
+    (st, got)
+}
+
+/// Issue: "one instance reading several partitions unsplit has the same
+/// exposure whenever its partitions are fetched unevenly". Taken in
+/// event-time order across its partitions, it makes replay's decisions,
+/// ids included.
+#[test]
+fn one_instance_catching_up_on_a_backlog_of_several_partitions_decides_as_replay() {
+    let (st, got) = backlog_one_instance("kg-backlog-one", "");
+    let expected = replay(&st.setup, &st.lines);
+    let differ: Vec<&String> = expected.keys().filter(|k| got.get(*k) != expected.get(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let show = |d: &Value| {
+        format!(
+            "{} {} {} {}",
+            d["rule"], d["subject"], d["trigger_event_id"], d["event_ts"]
+        )
+    };
+    assert!(
+        differ.is_empty() && extra.is_empty(),
+        "{} of replay's {} decisions missing or different: {:?}; {} extra: {:?}\n{}",
+        differ.len(),
+        expected.len(),
+        differ.iter().map(|k| show(&expected[*k])).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().map(|k| show(&got[*k])).collect::<Vec<_>>(),
+        st.setup.logs()
+    );
+}
+
+/// The control: the same backlog with the ordering buffer at one attempt
+/// (`pipeline.order_buffer = 1`: every attempt goes on as it arrives) gives
+/// other decisions, so the test above proves something.
+#[test]
+fn without_the_ordering_the_same_backlog_gives_other_decisions() {
+    let (st, got) = backlog_one_instance("kg-backlog-unordered", "order_buffer = 1");
+    let expected = replay(&st.setup, &st.lines);
+    assert_ne!(
+        got, expected,
+        "arrival order gave replay's decisions anyway: the backlog is not skewed enough to prove the ordering"
+    );
+}
+
+/// Three split instances start on a backlog; one of them, a router of some
+/// attempts partitions, is stopped for 8 s as it begins (a slow instance,
+/// a long GC, a noisy neighbour), so the other routers' copies reach the
+/// homes far ahead of its own. The homes wait for its watermark: the
+/// published set is replay's.
+#[test]
+fn three_split_instances_on_a_backlog_with_one_held_back_decide_as_replay() {
+    let st = split_at("kg-backlog-three", 16_000, 49, 50, "");
+    let expected = st.expected.clone();
+    assert!(expected.len() >= 10, "an attack worth the name: {expected:?}");
+    let runs = held_back(&st);
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.finish(runs, &mut decisions, "three instances on a backlog, one held back");
+    // Each home took its copies in event-time order: the attempt that
+    // crossed each line is replay's, so are the ids.
+    let expected = replay(&st.setup, &st.lines);
+    let got = by_id(&decisions.seen);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "decision ids differ from replay's"
+    );
+}
+
+/// Produces the backlog, starts three instances and stops the first for 8 s.
+fn held_back(st: &Split) -> Vec<Processor> {
+    st.produce(&st.lines);
+    let runs = st.start_three();
+    runs[0].signal("STOP");
+    std::thread::sleep(Duration::from_secs(8));
+    runs[0].signal("CONT");
+    runs
+}
+
+/// The control: the same, each engine taking copies as they arrive
+/// (`pipeline.order_buffer = 1`), publishes another set.
+#[test]
+fn without_the_ordering_split_instances_on_a_held_back_backlog_decide_otherwise() {
+    let st = split_at("kg-backlog-three-unordered", 16_000, 49, 50, "order_buffer = 1");
+    let runs = held_back(&st);
+    let mut decisions = st.broker.reader(DECISIONS, PARTITIONS);
+    st.wait_all_committed(Duration::from_secs(180));
+    decisions.drain(Duration::from_secs(3));
+    for run in runs {
+        assert_eq!(run.sigterm().code(), Some(0));
+    }
+    let expected = replay(&st.setup, &st.lines);
+    assert_ne!(
+        by_id(&decisions.seen).keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "arrival order gave replay's decisions anyway: the held-back backlog proves nothing"
     );
 }

@@ -98,6 +98,18 @@ pub struct PipelineConfig {
     /// lives on one instance: `auto` (when the attempts topic has more than
     /// one partition), `always` or `never` (one instance only).
     pub repartition: Repartition,
+    /// Event-time order across partitions (`kafka::order`): a partition
+    /// read directly that delivered nothing for this long is idle and holds
+    /// no other back, ms. A router says the same of its partitions to the
+    /// homes, four times as often.
+    pub order_idle_ms: u64,
+    /// Longest an engine waits for a source that says nothing at all (a
+    /// router stopped or killed, until its partitions move), ms. Decisions
+    /// wait with it; what the source sends later counts behind the order.
+    pub order_stall_ms: u64,
+    /// Most attempts an engine holds for ordering; past it the oldest goes
+    /// on whatever the watermark says, counted.
+    pub order_buffer: usize,
 }
 
 /// See [`PipelineConfig::repartition`] and `kafka::topology`.
@@ -121,6 +133,9 @@ impl Default for PipelineConfig {
             shutdown_timeout_secs: 30,
             rules_poll_secs: 2,
             repartition: Repartition::Auto,
+            order_idle_ms: 200,
+            order_stall_ms: 30_000,
+            order_buffer: 200_000,
         }
     }
 }
@@ -157,8 +172,10 @@ pub const DEFAULT_CONSUMER: [(&str, &str); 7] = [
     // when data arrives (the test broker) would otherwise add up to the
     // librdkafka default of 500 ms to every decision.
     ("fetch.wait.max.ms", "10"),
-    // Statistics every 5 s: the consumer-lag metric comes from them.
-    ("statistics.interval.ms", "5000"),
+    // Statistics every second: the consumer-lag metric comes from them, and
+    // whether a quiet partition is caught up (idle) or only not fetched yet,
+    // for the event-time order (`kafka::order`).
+    ("statistics.interval.ms", "1000"),
 ];
 
 /// Tuned producer defaults; any of them may be overridden.

@@ -5,10 +5,12 @@
 //! - [`run`]: consume, decide, publish, commit.
 //! - [`restore`]: rebuilding window state from the attempts topic.
 //! - [`dead_letter`]: what a refused message becomes.
+//! - [`order`]: event-time order across the partitions an engine reads.
 //! - [`topology`]: splitting the work across instances (internal topics).
 
 pub mod config;
 pub mod dead_letter;
+pub mod order;
 pub mod restore;
 pub mod run;
 pub mod topology;

@@ -25,7 +25,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{KafkaConfig, KafkaConfigError, PipelineConfig, Topics};
 use super::dead_letter::{dead_letter, DeadLetter, Source};
+use super::order::{Marker, Orderer, Released};
 use super::restore::{restore, RestoreRange};
 use super::topology::{self, partition_for, Role, Topology};
 use crate::decision::Decision;
@@ -143,6 +144,18 @@ impl Unassigned {
 pub struct RunContext {
     assignment_changed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Partitions whose fetcher has everything up to the high watermark,
+    /// from the last statistics: a quiet one of these is idle, not behind.
+    caught_up: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+}
+
+impl RunContext {
+    fn is_caught_up(&self, topic: &str, partition: i32) -> bool {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(topic.to_string(), partition))
+    }
 }
 
 impl ClientContext for RunContext {
@@ -150,6 +163,7 @@ impl ClientContext for RunContext {
     /// per partition of each consumed topic (the attempts topic, and the
     /// internal topics when split).
     fn stats(&self, statistics: Statistics) {
+        let mut caught_up = std::collections::HashSet::new();
         for (name, topic) in &statistics.topics {
             for (partition, p) in &topic.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -158,8 +172,12 @@ impl ClientContext for RunContext {
                         .with_label_values(&[name, &partition.to_string()])
                         .set(p.consumer_lag);
                 }
+                if *partition >= 0 && p.hi_offset >= 0 && p.next_offset >= p.hi_offset {
+                    caught_up.insert((name.clone(), *partition));
+                }
             }
         }
+        *self.caught_up.lock().unwrap_or_else(|p| p.into_inner()) = caught_up;
     }
 }
 
@@ -308,6 +326,7 @@ pub async fn run(
             .create_with_context(RunContext {
                 assignment_changed: AtomicBool::new(false),
                 metrics: metrics.clone(),
+                caught_up: Default::default(),
             })?,
     );
     let lookback_ms = match pipeline.restore_lookback_secs {
@@ -356,6 +375,16 @@ pub async fn run(
         homes: topology.homes(),
     };
 
+    // Event-time order across the partitions this engine reads (see
+    // `super::order`): attempts wait in `order` until every source has come
+    // as far; `marks` is what this instance, as a router, tells the homes.
+    let mut order: Orderer<Ready> = Orderer::new(Duration::from_millis(pipeline.order_stall_ms), pipeline.order_buffer);
+    let mut marks = RouterMarks::default();
+    let idle = Duration::from_millis(pipeline.order_idle_ms);
+    // Next offset to read, by partition; what may be committed is that or
+    // the first attempt still in `order`, whichever is smaller.
+    let mut consumed: BTreeMap<Slot, i64> = BTreeMap::new();
+
     let mut unassigned = Unassigned::since(Instant::now());
     let outcome: Result<(), RunError> = loop {
         let message = tokio::select! {
@@ -369,6 +398,7 @@ pub async fn run(
         let unknown = matches!(&message, Some(Ok(m)) if topology.index(m.topic()).is_none_or(|t| !owned.contains(&(t, m.partition()))));
         if consumer.context().assignment_changed.swap(false, Ordering::SeqCst) || unknown {
             let started = Instant::now();
+            let before = owned.clone();
             let restored = tokio::task::block_in_place(|| {
                 reconcile(
                     &consumer,
@@ -393,6 +423,19 @@ pub async fn run(
                 }
                 Err(e) => warn!(error = %e, "restore failed; continuing with the state there is"),
             }
+            let now = Instant::now();
+            for gone in before.difference(&owned) {
+                order.forget(*gone);
+                marks.0.remove(gone);
+                consumed.remove(gone);
+            }
+            for new in owned.difference(&before) {
+                match topology.consumed[new.0].role {
+                    Role::Direct => order.expect((*new, new.1), now),
+                    Role::Home(_) => (0..topology.sources).for_each(|p| order.expect((*new, p), now)),
+                    Role::Route => marks.own(*new, now),
+                }
+            }
             health.assigned.store(!owned.is_empty(), Ordering::SeqCst);
         }
         let Some(message) = message else {
@@ -405,9 +448,36 @@ pub async fn run(
                     "no partitions assigned yet: expected while the group has more instances than partitions; otherwise the group may be stuck (/readyz stays 503; on the Tansu broker see the README on static membership)"
                 );
             }
+            let now = Instant::now();
+            let context = consumer.context();
+            let caught_up = |slot: &Slot| context.is_caught_up(&topology.consumed[slot.0].topic, slot.1);
+            order.idle_if_quiet(idle, now, |(slot, _)| {
+                topology.consumed[slot.0].role == Role::Direct && caught_up(slot)
+            });
+            match out.release(&mut order, &mut batch).await {
+                Err(e) => break Err(e),
+                // What was released moves what may be committed: it goes to
+                // the committer like events taken.
+                Ok(0) => {}
+                Ok(n) => {
+                    if batch.events == 0 {
+                        batch_started = now;
+                    }
+                    batch.events += n;
+                }
+            }
+            for (slot, mark) in marks.0.iter_mut() {
+                mark.caught_up = caught_up(slot);
+            }
+            if let Err(e) = out.send_marks(&mut marks, idle, now, &mut batch).await {
+                break Err(e);
+            }
             let due = batch.events > 0 && batch_started.elapsed() >= Duration::from_millis(pipeline.batch_ms);
-            if due && !hand_off(&tx, &mut batch, &mut shutdown).await {
-                break Ok(());
+            if due {
+                frontier(&mut batch, &mut processed, &consumed, &order);
+                if !hand_off(&tx, &mut batch, &mut shutdown).await {
+                    break Ok(());
+                }
             }
             continue;
         };
@@ -437,29 +507,76 @@ pub async fn run(
         let key = m.key().unwrap_or_default();
         let ingested = Instant::now();
         let received = super::received_ms(m.timestamp(), chrono::Utc::now().timestamp_millis());
-        if let Err(e) = out
-            .handle(
-                m.payload().unwrap_or_default(),
-                key,
-                source,
-                (role, received),
-                ingested,
-                &mut batch,
-            )
-            .await
-        {
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+        };
+        if let Some(marker) = header(Marker::HEADER).and_then(Marker::decode) {
+            // A router's watermark for one attempts partition.
+            order.mark((slot, marker.source), marker.ts_ms, ingested);
+        } else {
+            let intake = out
+                .intake(
+                    m.payload().unwrap_or_default(),
+                    key,
+                    source,
+                    (role, received),
+                    &mut batch,
+                )
+                .await;
+            match intake {
+                Err(e) => break Err(e),
+                Ok(None) => {}
+                Ok(Some(e)) => match role {
+                    Role::Route => marks.heard(slot, e.ts_ms, ingested),
+                    Role::Direct | Role::Home(_) => {
+                        let from = match role {
+                            Role::Home(_) => header(Marker::SOURCE).and_then(|p| p.parse().ok()).unwrap_or(-1),
+                            _ => slot.1,
+                        };
+                        let home = match role {
+                            Role::Home(h) => Some(h),
+                            _ => None,
+                        };
+                        let ts = e.ts_ms;
+                        order.push(
+                            (slot, from),
+                            m.offset(),
+                            ts,
+                            Ready {
+                                event: e,
+                                home,
+                                ingested,
+                            },
+                            ingested,
+                        );
+                    }
+                },
+            }
+        }
+        if let Err(e) = out.release(&mut order, &mut batch).await {
             break Err(e);
         }
         if batch.events == 0 {
             batch_started = Instant::now();
         }
-        batch.offsets.insert(slot, m.offset() + 1);
-        processed.insert(slot, m.offset() + 1);
+        consumed.insert(slot, m.offset() + 1);
         batch.events += 1;
-        if batch.events >= pipeline.batch_events && !hand_off(&tx, &mut batch, &mut shutdown).await {
-            break Ok(());
+        if batch.events >= pipeline.batch_events {
+            frontier(&mut batch, &mut processed, &consumed, &order);
+            if !hand_off(&tx, &mut batch, &mut shutdown).await {
+                break Ok(());
+            }
         }
     };
+    frontier(&mut batch, &mut processed, &consumed, &order);
+    if !order.is_empty() {
+        info!(
+            attempts = order.len(),
+            "stopping with attempts still waiting for their turn; they are not committed and will be read again"
+        );
+    }
 
     // Stop fetching, hand over the last batch, wait for the broker, commit.
     let timeout = Duration::from_secs(pipeline.shutdown_timeout_secs);
@@ -558,65 +675,37 @@ fn serde_name(v: &impl serde::Serialize) -> String {
 }
 
 impl Outputs<'_> {
-    /// Parses one message and does what its topic's `role` says: decides
-    /// (publishing its decisions) or forwards it to its home keys' topics; a
-    /// bad message, or an attempt stamped further ahead of `received` (ms)
-    /// than `engine.max_ahead_secs`, becomes a dead letter. Every
-    /// acknowledgement awaited goes into `batch`. An error stops the pipeline
-    /// before anything after it is committed, so those events are redelivered.
-    async fn handle(
+    /// Parses one message: a bad one, or an attempt stamped further ahead of
+    /// `received` (ms) than `engine.max_ahead_secs`, becomes a dead letter;
+    /// on the attempts topic when split, a good one is forwarded to its home
+    /// keys' topics. Returns the good attempt, for the caller to order
+    /// (direct, home) or to note its progress (route). Every acknowledgement
+    /// awaited goes into `batch`. An error stops the pipeline before anything
+    /// after it is committed, so those events are redelivered.
+    async fn intake(
         &mut self,
         payload: &[u8],
         key: &[u8],
         source: Source<'_>,
         (role, received): (Role, i64),
-        ingested: Instant,
         batch: &mut Batch,
-    ) -> Result<(), RunError> {
-        let (stats, metrics) = (self.stats, self.metrics);
+    ) -> Result<Option<event::Event>, RunError> {
         // Forwarded copies were held to the bound where they were routed.
         let parsed = event::parse(payload, self.hasher).and_then(|e| match role {
             Role::Home(_) => Ok(e),
             _ => event::check_ahead(&e, received, self.engine.max_ahead_ms()).map(|()| e),
         });
         match parsed {
-            Ok(e) if role == Role::Route => {
-                self.count_intake(&e);
-                self.route(&e, batch).await?;
-            }
             Ok(e) => {
-                let home = match role {
-                    Role::Home(h) => Some(h),
-                    _ => {
+                match role {
+                    Role::Route => {
                         self.count_intake(&e);
-                        None
+                        self.route(&e, source.partition, batch).await?;
                     }
-                };
-                self.decisions.clear();
-                let started = Instant::now();
-                let verdict = self.engine.process_for(&e, home, &mut self.decisions);
-                stats.decided.fetch_add(1, Ordering::Relaxed);
-                metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
-                match verdict {
-                    Verdict::Duplicate => {
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        metrics.duplicates.inc();
-                    }
-                    Verdict::Late => metrics.late.inc(),
-                    Verdict::Processed => {}
+                    Role::Direct => self.count_intake(&e),
+                    Role::Home(_) => {}
                 }
-                let now = chrono::Utc::now();
-                for d in &mut self.decisions {
-                    d.stamp(now);
-                    let body = serde_json::to_vec(&*d).map_err(|e| RunError::Encode(e.to_string()))?;
-                    let sent = send(self.producer, &self.topics.decisions, None, &d.key(), &body, None).await;
-                    batch.expect_ack("decision", sent, Some((ingested, e.ts_ms)))?;
-                    stats.decisions.fetch_add(1, Ordering::Relaxed);
-                    metrics
-                        .decisions
-                        .with_label_values(&[&*d.rule, d.action.as_str(), d.scope.as_str(), d.mode.as_str()])
-                        .inc();
-                }
+                Ok(Some(e))
             }
             Err(error) => {
                 let letter = dead_letter(payload, &error, source, self.hasher);
@@ -627,9 +716,120 @@ impl Outputs<'_> {
                     "dead letter"
                 );
                 self.send_dead_letter(letter, payload, key, batch).await?;
-                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                metrics.rejected.with_label_values(&[error.reason()]).inc();
+                self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected.with_label_values(&[error.reason()]).inc();
+                Ok(None)
             }
+        }
+    }
+
+    /// Decides every attempt whose turn has come in `order`; returns how many.
+    async fn release(&mut self, order: &mut Orderer<Ready>, batch: &mut Batch) -> Result<usize, RunError> {
+        let mut n = 0;
+        while let Some(Released {
+            item,
+            waited,
+            forced,
+            behind,
+            ..
+        }) = order.pop(Instant::now())
+        {
+            self.metrics.order_wait.observe(waited.as_secs_f64());
+            if forced {
+                self.metrics.order_forced.inc();
+            }
+            if behind {
+                self.metrics.order_behind.inc();
+            }
+            self.decide(item, batch).await?;
+            n += 1;
+        }
+        self.metrics.order_buffered.set(order.len() as i64);
+        Ok(n)
+    }
+
+    /// Runs one attempt through the engine (the rules of its home, when
+    /// split) and publishes its decisions.
+    async fn decide(&mut self, ready: Ready, batch: &mut Batch) -> Result<(), RunError> {
+        let Ready {
+            event: e,
+            home,
+            ingested,
+        } = ready;
+        let (stats, metrics) = (self.stats, self.metrics);
+        self.decisions.clear();
+        let started = Instant::now();
+        let verdict = self.engine.process_for(&e, home, &mut self.decisions);
+        stats.decided.fetch_add(1, Ordering::Relaxed);
+        metrics.engine_seconds.observe(started.elapsed().as_secs_f64());
+        match verdict {
+            Verdict::Duplicate => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                metrics.duplicates.inc();
+            }
+            Verdict::Late => metrics.late.inc(),
+            Verdict::Processed => {}
+        }
+        let now = chrono::Utc::now();
+        for d in &mut self.decisions {
+            d.stamp(now);
+            let body = serde_json::to_vec(&*d).map_err(|e| RunError::Encode(e.to_string()))?;
+            let sent = send(self.producer, &self.topics.decisions, None, &d.key(), &body, None).await;
+            batch.expect_ack("decision", sent, Some((ingested, e.ts_ms)))?;
+            stats.decisions.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .decisions
+                .with_label_values(&[&*d.rule, d.action.as_str(), d.scope.as_str(), d.mode.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// As a router, tells every home partition how far each attempts
+    /// partition this instance owns has come, or that it is idle (nothing
+    /// delivered for `idle` and nothing left to fetch): four times per
+    /// `idle`, and only what changed,
+    /// but each at least once a second so a home can tell a live router
+    /// from a stopped one.
+    async fn send_marks(
+        &mut self,
+        marks: &mut RouterMarks,
+        idle: Duration,
+        now: Instant,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        if marks.0.is_empty() || now.saturating_duration_since(marks_round(marks)) < idle / 4 {
+            return Ok(());
+        }
+        for ((_, partition), mark) in marks.0.iter_mut() {
+            mark.round = now;
+            // Idle: quiet, and nothing left to fetch (a quiet partition
+            // that is only not fetched yet is behind, not idle).
+            let quiet = now.saturating_duration_since(mark.heard) >= idle && mark.caught_up;
+            let marker = Marker {
+                source: *partition,
+                ts_ms: (!quiet).then_some(mark.watermark),
+            };
+            let fresh =
+                mark.sent != Some(marker) || now.saturating_duration_since(mark.sent_at) >= Duration::from_secs(1);
+            // A partition that has delivered nothing since it was assigned
+            // has no watermark to give until it is idle.
+            if !fresh || marker.ts_ms == Some(i64::MIN) {
+                continue;
+            }
+            let text = marker.encode();
+            for route in &self.topology.routes {
+                for q in 0..route.partitions {
+                    let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: Marker::HEADER,
+                        value: Some(text.as_str()),
+                    });
+                    let sent = send(self.producer, &route.topic, Some(q), &[] as &[u8], &[], Some(headers)).await;
+                    batch.expect_ack("watermark", sent, None)?;
+                }
+            }
+            mark.sent = Some(marker);
+            mark.sent_at = now;
         }
         Ok(())
     }
@@ -681,7 +881,8 @@ impl Outputs<'_> {
 
     /// Forwards one valid attempt to the internal topic of each home key it
     /// has, keyed and placed by that key, with a raw code replaced by its hash.
-    async fn route(&mut self, e: &event::Event, batch: &mut Batch) -> Result<(), RunError> {
+    async fn route(&mut self, e: &event::Event, from: i32, batch: &mut Batch) -> Result<(), RunError> {
+        let from = from.to_string();
         // Written from the validated event, never the bytes as sent.
         let body = e.to_json();
         let body = body.as_slice();
@@ -690,12 +891,95 @@ impl Outputs<'_> {
                 continue;
             };
             let partition = partition_for(value.as_bytes(), route.partitions);
-            let sent = send(self.producer, &route.topic, Some(partition), &value, body, None).await;
+            // The home orders copies by the attempts partition they came from.
+            let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: Marker::SOURCE,
+                value: Some(from.as_str()),
+            });
+            let sent = send(
+                self.producer,
+                &route.topic,
+                Some(partition),
+                &value,
+                body,
+                Some(headers),
+            )
+            .await;
             batch.expect_ack("forwarded attempt", sent, None)?;
             self.stats.routed.fetch_add(1, Ordering::Relaxed);
             self.metrics.routed.with_label_values(&[route.home.as_str()]).inc();
         }
         Ok(())
+    }
+}
+
+/// An attempt waiting in the orderer for its turn.
+struct Ready {
+    event: event::Event,
+    /// The home whose rules decide it; `None` unsplit.
+    home: Option<crate::rules::KeyName>,
+    /// When it was taken off its topic.
+    ingested: Instant,
+}
+
+/// What this instance, as a router, last told the homes about each
+/// attempts partition it owns.
+#[derive(Default)]
+struct RouterMarks(BTreeMap<Slot, Mark>);
+
+struct Mark {
+    /// The newest event time delivered from the partition.
+    watermark: i64,
+    /// When the partition last delivered an attempt.
+    heard: Instant,
+    sent: Option<Marker>,
+    sent_at: Instant,
+    /// When the marks were last looked at.
+    round: Instant,
+    /// The fetcher has everything the partition holds (statistics).
+    caught_up: bool,
+}
+
+impl RouterMarks {
+    fn own(&mut self, slot: Slot, now: Instant) {
+        self.0.entry(slot).or_insert(Mark {
+            watermark: i64::MIN,
+            heard: now,
+            sent: None,
+            sent_at: now,
+            round: now,
+            caught_up: false,
+        });
+    }
+
+    fn heard(&mut self, slot: Slot, ts_ms: i64, now: Instant) {
+        self.own(slot, now);
+        if let Some(m) = self.0.get_mut(&slot) {
+            m.watermark = m.watermark.max(ts_ms);
+            m.heard = now;
+        }
+    }
+}
+
+/// When the router's marks were last looked at (the oldest round).
+fn marks_round(marks: &RouterMarks) -> Instant {
+    marks.0.values().map(|m| m.round).min().unwrap_or_else(Instant::now)
+}
+
+/// Sets what may be committed for every partition read: the next offset
+/// to read, or the first attempt still waiting in `order`, whichever is
+/// smaller. `processed` (where a partition that comes back is restored
+/// from) follows it.
+fn frontier(
+    batch: &mut Batch,
+    processed: &mut BTreeMap<Slot, i64>,
+    consumed: &BTreeMap<Slot, i64>,
+    order: &Orderer<Ready>,
+) {
+    for (slot, next) in consumed {
+        let at = order.first_unreleased(*slot).map_or(*next, |o| o.min(*next));
+        batch.offsets.insert(*slot, at);
+        processed.insert(*slot, at);
     }
 }
 

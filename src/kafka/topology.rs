@@ -84,6 +84,9 @@ pub struct Topology {
     pub consumed: Vec<Consumed>,
     /// Empty when not split.
     pub routes: Vec<Route>,
+    /// Partitions of the attempts topic when split: the sources every home
+    /// hears from (see `kafka::order`).
+    pub sources: i32,
 }
 
 impl Topology {
@@ -95,11 +98,12 @@ impl Topology {
                 role: Role::Direct,
             }],
             routes: Vec::new(),
+            sources: 0,
         }
     }
 
     /// Split by `routes`.
-    pub fn split(attempts: &str, routes: Vec<Route>) -> Topology {
+    pub fn split(attempts: &str, routes: Vec<Route>, sources: i32) -> Topology {
         let mut consumed = vec![Consumed {
             topic: attempts.to_string(),
             role: Role::Route,
@@ -108,7 +112,11 @@ impl Topology {
             topic: r.topic.clone(),
             role: Role::Home(r.home),
         }));
-        Topology { consumed, routes }
+        Topology {
+            consumed,
+            routes,
+            sources,
+        }
     }
 
     pub fn is_split(&self) -> bool {
@@ -243,7 +251,7 @@ pub async fn plan(
         partitions = input_partitions,
         "split across instances: attempts are forwarded to one internal topic per home key"
     );
-    Ok(Topology::split(attempts, routes))
+    Ok(Topology::split(attempts, routes, input_partitions))
 }
 
 /// Retention of a new internal topic: a restore reads back one lookback, so
@@ -309,6 +317,7 @@ mod tests {
                 topic: internal_topic("kg", KeyName::Ip),
                 partitions: 3,
             }],
+            3,
         );
         assert_eq!(t.topics(), ["a", "kg-repartition-ip"]);
         assert_eq!(t.consumed[1].role, Role::Home(KeyName::Ip));

@@ -142,6 +142,16 @@ impl Processor {
         Processor { child }
     }
 
+    /// Stops (`STOP`) or resumes (`CONT`) the process: a slow instance.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal}");
+    }
+
     pub fn sigkill(mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");

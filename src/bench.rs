@@ -46,6 +46,9 @@ pub struct BenchOptions {
     pub latency_secs: u64,
     /// Events per second for the latency phase; default half the measured run rate.
     pub latency_rate: Option<f64>,
+    /// Partitions of the latency phase's attempts topic (1: no ordering to
+    /// wait for; more: the cost of the event-time order across them).
+    pub latency_partitions: i32,
     /// librdkafka properties for every client of the bench (`kafka.properties`).
     pub properties: Vec<(String, String)>,
     pub rules: Arc<RuleSet>,
@@ -512,7 +515,10 @@ pub async fn bench(o: BenchOptions) -> Result<BenchReport, BenchError> {
 }
 
 async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProducer) -> Result<Latency, BenchError> {
-    let kafka = config(o, name);
+    let kafka = KafkaConfig {
+        partitions: o.latency_partitions.max(1),
+        ..config(o, name)
+    };
     ensure_topics(&kafka).await?;
     let engine = Arc::new(
         Engine::new(o.rules.clone(), o.geo.clone(), o.engine.clone()).map_err(|e| BenchError::Other(e.to_string()))?,
@@ -546,7 +552,9 @@ async fn latency(o: &BenchOptions, name: &str, rate: f64, producer: &FutureProdu
         .set("group.id", format!("{name}.reader"))
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&kafka.topics.decisions, 0, Offset::Beginning)?;
+    for p in 0..kafka.partitions {
+        tpl.add_partition_offset(&kafka.topics.decisions, p, Offset::Beginning)?;
+    }
     reader.assign(&tpl)?;
     let (reader_stop, reader_done) = watch::channel(false);
     let (measure_from_tx, measure_from) = watch::channel(i64::MAX);

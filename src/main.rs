@@ -108,6 +108,10 @@ enum Command {
         /// Events per second for the latency phase (default: half the measured run rate).
         #[arg(long)]
         latency_rate: Option<f64>,
+        /// Partitions of the latency phase's attempts topic (more than one
+        /// measures what the event-time order across them adds).
+        #[arg(long, default_value_t = 1)]
+        latency_partitions: i32,
         /// A librdkafka property for every client, KEY=VALUE (repeatable).
         #[arg(long = "set", value_parser = parse_property)]
         properties: Vec<(String, String)>,
@@ -230,12 +234,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
             latency_secs,
             latency_rate,
+            latency_partitions,
             properties,
             scale,
             partitions,
             common,
         } => {
-            let options = bench_options(brokers, events, latency_secs, latency_rate, properties, &common)?;
+            let mut options = bench_options(brokers, events, latency_secs, latency_rate, properties, &common)?;
+            options.latency_partitions = latency_partitions;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             match scale {
                 Some(n) => {
@@ -411,6 +417,7 @@ fn bench_options(
         seed: 42,
         latency_secs,
         latency_rate,
+        latency_partitions: 1,
         properties,
         rules,
         geo,

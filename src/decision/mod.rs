@@ -214,6 +214,23 @@ mod tests {
         assert_eq!(a.len(), 32);
     }
 
+    /// A device blocked for a day by one rule and for a week by another:
+    /// what is published depends on which fires first, and both orders are
+    /// what the contract says. This is why the engine takes attempts in
+    /// event-time order (`kafka::order`): then "first" is the same everywhere.
+    #[test]
+    fn a_longer_block_follows_a_shorter_one_but_not_the_other_way_round() {
+        let day: Arc<str> = Arc::from("distributed-guessing");
+        let week: Arc<str> = Arc::from("device-farm");
+        let subject = (KeyName::Device, "fp-1", Mode::Enforce);
+        let book = DecisionBook::new(StateBudget::new(100));
+        assert!(book.admit(subject, &day, Action::Block, 86_400_000, 0));
+        assert!(book.admit(subject, &week, Action::Block, 7 * 86_400_000, 10), "a later until from another rule");
+        let book = DecisionBook::new(StateBudget::new(100));
+        assert!(book.admit(subject, &week, Action::Block, 7 * 86_400_000, 0));
+        assert!(!book.admit(subject, &day, Action::Block, 86_400_000, 10), "neither stronger nor later");
+    }
+
     #[test]
     fn active_decision_is_not_republished_but_escalation_is() {
         let book = DecisionBook::new(StateBudget::new(100));

@@ -101,7 +101,7 @@ pub struct PipelineConfig {
     /// Event-time order across partitions (`kafka::order`): a partition
     /// read directly that delivered nothing for this long is idle and holds
     /// no other back, ms. A router says the same of its partitions to the
-    /// homes, four times as often.
+    /// homes.
     pub order_idle_ms: u64,
     /// Longest an engine waits for a source that says nothing at all (a
     /// router stopped or killed, until its partitions move), ms. Decisions
@@ -172,10 +172,11 @@ pub const DEFAULT_CONSUMER: [(&str, &str); 7] = [
     // when data arrives (the test broker) would otherwise add up to the
     // librdkafka default of 500 ms to every decision.
     ("fetch.wait.max.ms", "10"),
-    // Statistics every second: the consumer-lag metric comes from them, and
-    // whether a quiet partition is caught up (idle) or only not fetched yet,
-    // for the event-time order (`kafka::order`).
-    ("statistics.interval.ms", "1000"),
+    // Statistics four times a second: the consumer-lag metric comes from
+    // them, and whether a quiet partition is caught up (idle) or only not
+    // fetched yet, for the event-time order (`kafka::order`): the last
+    // attempts before a pause wait that long at most for it.
+    ("statistics.interval.ms", "250"),
 ];
 
 /// Tuned producer defaults; any of them may be overridden.

@@ -218,6 +218,21 @@ impl<T> Orderer<T> {
 
     /// The next attempt whose turn has come, if any.
     pub fn pop(&mut self, now: Instant) -> Option<Released<T>> {
+        let low = self.low_watermark(now);
+        self.pop_below(low, now)
+    }
+
+    /// Every attempt whose turn has come, handed to `f` in order. The
+    /// watermark is worked out once for all of them: nothing `f` does
+    /// changes the sources.
+    pub fn drain(&mut self, now: Instant, mut f: impl FnMut(Released<T>)) {
+        let low = self.low_watermark(now);
+        while let Some(r) = self.pop_below(low, now) {
+            f(r);
+        }
+    }
+
+    fn pop_below(&mut self, low: i64, now: Instant) -> Option<Released<T>> {
         loop {
             let Reverse((ts, id)) = *self.heap.peek()?;
             if !self.pending.contains_key(&id) {
@@ -226,7 +241,7 @@ impl<T> Orderer<T> {
                 continue;
             }
             let full = self.pending.len() > self.cap;
-            if ts > self.low_watermark(now) && !full {
+            if ts > low && !full {
                 return None;
             }
             self.heap.pop();
@@ -237,7 +252,7 @@ impl<T> Orderer<T> {
             let behind = ts < self.released_ts;
             self.behind += u64::from(behind);
             self.released_ts = self.released_ts.max(ts);
-            let forced = full && ts > self.low_watermark(now);
+            let forced = ts > low;
             self.forced += u64::from(forced);
             return Some(Released {
                 slot: p.slot,

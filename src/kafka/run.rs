@@ -725,14 +725,12 @@ impl Outputs<'_> {
 
     /// Decides every attempt whose turn has come in `order`; returns how many.
     async fn release(&mut self, order: &mut Orderer<Ready>, batch: &mut Batch) -> Result<usize, RunError> {
-        let mut n = 0;
-        while let Some(Released {
-            item,
-            waited,
-            forced,
-            behind,
-            ..
-        }) = order.pop(Instant::now())
+        let mut ready = Vec::new();
+        order.drain(Instant::now(), |r| ready.push(r));
+        let n = ready.len();
+        for Released {
+            item, waited, forced, behind, ..
+        } in ready
         {
             self.metrics.order_wait.observe(waited.as_secs_f64());
             if forced {
@@ -742,7 +740,6 @@ impl Outputs<'_> {
                 self.metrics.order_behind.inc();
             }
             self.decide(item, batch).await?;
-            n += 1;
         }
         self.metrics.order_buffered.set(order.len() as i64);
         Ok(n)
@@ -787,8 +784,8 @@ impl Outputs<'_> {
 
     /// As a router, tells every home partition how far each attempts
     /// partition this instance owns has come, or that it is idle (nothing
-    /// delivered for `idle` and nothing left to fetch): four times per
-    /// `idle`, and only what changed,
+    /// delivered for `idle` and nothing left to fetch): at every tick of the
+    /// loop (`pipeline.batch_ms`, the homes' wait), and only what changed,
     /// but each at least once a second so a home can tell a live router
     /// from a stopped one.
     async fn send_marks(
@@ -798,11 +795,10 @@ impl Outputs<'_> {
         now: Instant,
         batch: &mut Batch,
     ) -> Result<(), RunError> {
-        if marks.0.is_empty() || now.saturating_duration_since(marks_round(marks)) < idle / 4 {
+        if marks.0.is_empty() {
             return Ok(());
         }
         for ((_, partition), mark) in marks.0.iter_mut() {
-            mark.round = now;
             // Idle: quiet, and nothing left to fetch (a quiet partition
             // that is only not fetched yet is behind, not idle).
             let quiet = now.saturating_duration_since(mark.heard) >= idle && mark.caught_up;
@@ -934,8 +930,6 @@ struct Mark {
     heard: Instant,
     sent: Option<Marker>,
     sent_at: Instant,
-    /// When the marks were last looked at.
-    round: Instant,
     /// The fetcher has everything the partition holds (statistics).
     caught_up: bool,
 }
@@ -947,7 +941,6 @@ impl RouterMarks {
             heard: now,
             sent: None,
             sent_at: now,
-            round: now,
             caught_up: false,
         });
     }
@@ -959,11 +952,6 @@ impl RouterMarks {
             m.heard = now;
         }
     }
-}
-
-/// When the router's marks were last looked at (the oldest round).
-fn marks_round(marks: &RouterMarks) -> Instant {
-    marks.0.values().map(|m| m.round).min().unwrap_or_else(Instant::now)
 }
 
 /// Sets what may be committed for every partition read: the next offset

@@ -225,10 +225,16 @@ mod tests {
         let subject = (KeyName::Device, "fp-1", Mode::Enforce);
         let book = DecisionBook::new(StateBudget::new(100));
         assert!(book.admit(subject, &day, Action::Block, 86_400_000, 0));
-        assert!(book.admit(subject, &week, Action::Block, 7 * 86_400_000, 10), "a later until from another rule");
+        assert!(
+            book.admit(subject, &week, Action::Block, 7 * 86_400_000, 10),
+            "a later until from another rule"
+        );
         let book = DecisionBook::new(StateBudget::new(100));
         assert!(book.admit(subject, &week, Action::Block, 7 * 86_400_000, 0));
-        assert!(!book.admit(subject, &day, Action::Block, 86_400_000, 10), "neither stronger nor later");
+        assert!(
+            !book.admit(subject, &day, Action::Block, 86_400_000, 10),
+            "neither stronger nor later"
+        );
     }
 
     #[test]

@@ -729,7 +729,11 @@ impl Outputs<'_> {
         order.drain(Instant::now(), |r| ready.push(r));
         let n = ready.len();
         for Released {
-            item, waited, forced, behind, ..
+            item,
+            waited,
+            forced,
+            behind,
+            ..
         } in ready
         {
             self.metrics.order_wait.observe(waited.as_secs_f64());

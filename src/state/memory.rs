@@ -25,7 +25,8 @@ pub const KEPT_PLACES: usize = 8;
 /// Times are kept as milliseconds before `last_seen_ms` in a `u32` (up to
 /// 49 days; older reads as 49 days), so an account takes 120 bytes: the
 /// accounts' table is walked on every attempt, and its slot size is felt in
-/// the replay's speed (BENCHMARKS.md, "Account memory as of event time").
+/// the replay's speed (BENCHMARKS.md, "Hostile input: what the bounds and
+/// the as-of memory cost").
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccountMemory {
     /// Hashes of devices that succeeded on this account.

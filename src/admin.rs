@@ -6,7 +6,9 @@
 //! - `GET /admin/rules`: the loaded rules and their versions.
 //! - `GET /admin/decisions`: the decisions in force.
 //! - `POST /admin/decisions/release` `{"scope":"ip","subject":"…","mode":"enforce"}`:
-//!   lifts one and publishes a `release` decision on the decisions topic.
+//!   publishes a `release` decision on the decisions topic, whatever this
+//!   instance remembers, and lifts what it had in force; every instance's
+//!   book follows the topic (`kafka::book`).
 //! - `GET /admin/allowlist`, `POST /admin/allowlist` and `DELETE
 //!   /admin/allowlist` `{"kind":"account"|"device"|"cidr","value":"…"}`:
 //!   entries that exempt from every rule, kept in `admin.allowlist_file` so
@@ -217,12 +219,7 @@ async fn release(
 ) -> Reply {
     admin.authorized(&headers)?;
     let Json(req) = body.map_err(|e| bad(e.body_text()))?;
-    let Some(mut decision) = admin.engine.release(req.scope, &req.subject, req.mode) else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no decision in force on that subject".into(),
-        ));
-    };
+    let mut decision = admin.engine.release(req.scope, &req.subject, req.mode);
     decision.stamp(chrono::Utc::now());
     let body = serde_json::to_vec(&decision).map_err(|e| bad(e.to_string()))?;
     let key = decision.key();

@@ -320,6 +320,8 @@ pub struct Engine {
     duplicates: AtomicU64,
     late: AtomicU64,
     decisions: AtomicU64,
+    /// See [`Engine::set_restoring`].
+    restoring: AtomicBool,
     /// New keys refused by stores dropped on reload (a rule changed or
     /// removed), by store name: the count by store never goes back.
     retired_cap_hits: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -454,6 +456,7 @@ impl Engine {
             processed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             late: AtomicU64::new(0),
+            restoring: AtomicBool::new(false),
             decisions: AtomicU64::new(0),
             retired_cap_hits: Default::default(),
             config,
@@ -815,39 +818,75 @@ impl Engine {
         *global = allow;
     }
 
+    /// Books a decision read from the decisions topic (see
+    /// [`DecisionBook::apply`]); `false` when `payload` is not a decision.
+    pub fn book_published(&self, payload: &[u8]) -> bool {
+        match crate::decision::Active::from_published(payload) {
+            Some(a) => {
+                self.book.apply(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// While `on`, attempts change windows, quotas and memory but book and
+    /// publish nothing: a restore rebuilds state from attempts, and what is
+    /// in force comes from the decisions topic alone.
+    pub fn set_restoring(&self, on: bool) {
+        self.restoring.store(on, Ordering::Release);
+    }
+
     /// Decisions in force at the engine's event time.
     pub fn decisions_in_force(&self) -> Vec<crate::decision::Active> {
         self.book.in_force(self.clock.now_ms())
     }
 
-    /// Lifts the decision in force on `subject` and returns the `release`
-    /// decision to publish, or `None` when nothing was in force. The id is
-    /// deterministic for the subject and the engine's event time.
-    pub fn release(&self, scope: KeyName, subject: &str, mode: crate::rules::Mode) -> Option<Decision> {
+    /// Lifts whatever is in force on `subject` here and returns the
+    /// `release` decision to publish, whether this instance remembers a
+    /// decision on it or not: the decisions topic, not this instance's
+    /// memory, is the record (a permanent freeze older than the restore
+    /// lookback, a decision another instance made, a release whose
+    /// publication failed and is tried again). The id is deterministic for
+    /// the subject and the engine's event time.
+    pub fn release(&self, scope: KeyName, subject: &str, mode: crate::rules::Mode) -> Decision {
         let now = self.clock.now_ms();
-        let lifted = self.book.release(scope, subject, mode, now)?;
-        Some(Decision {
-            decision_id: decision_id("release", &lifted.rule, scope, subject, now, "admin"),
+        let lifted = self.book.release(scope, subject, mode, now);
+        let rule: Arc<str> = lifted.as_ref().map_or_else(|| Arc::from("admin"), |l| l.rule.clone());
+        let reason = match &lifted {
+            Some(l) => format!(
+                "{} of {} {} lifted by an operator through the admin API",
+                l.action.as_str(),
+                scope.as_str(),
+                subject
+            ),
+            None => format!(
+                "{} {} released by an operator through the admin API (no decision on it in this instance's memory)",
+                scope.as_str(),
+                subject
+            ),
+        };
+        let evidence = match &lifted {
+            Some(l) => json!({ "released_action": l.action.as_str(), "released_rule": &*l.rule }),
+            None => json!({}),
+        };
+        Decision {
+            decision_id: decision_id("release", &rule, scope, subject, now, "admin"),
             decided_at: String::new(),
             event_ts: format_ts(now),
             action: crate::rules::Action::Release,
             scope,
             subject: subject.to_string(),
             until: None,
-            rule: lifted.rule.clone(),
+            rule,
             rule_version: "admin".into(),
             mode,
             score: 0,
-            reason: format!(
-                "{} of {} {} lifted by an operator through the admin API",
-                lifted.action.as_str(),
-                scope.as_str(),
-                subject
-            ),
-            evidence: json!({ "released_action": lifted.action.as_str(), "released_rule": &*lifted.rule }),
+            reason,
+            evidence,
             trigger_event_id: "admin".into(),
             sample_event_ids: Vec::new(),
-        })
+        }
     }
 
     fn evaluate(
@@ -985,6 +1024,9 @@ impl Engine {
         facts: &Facts,
         explain: impl FnOnce(&str) -> (String, Value, Vec<String>),
     ) -> Option<Decision> {
+        if self.restoring.load(Ordering::Acquire) {
+            return None;
+        }
         let subject = subject(rule.scope, e, keys, facts)?;
         let until_ms = rule.duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
         if !self.book.admit(

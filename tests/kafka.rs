@@ -461,8 +461,17 @@ fn admin_api_needs_its_token_releases_decisions_and_keeps_the_allowlist() {
         })),
         "the release reaches the decisions topic"
     );
-    let (status, _) = http(port, "POST", "/admin/decisions/release", Some(TOKEN), Some(release));
-    assert_eq!(status, 404, "nothing left in force to release");
+    // Nothing left in force here: the release is published all the same
+    // (the decisions topic, not memory, is the record), and says so.
+    let (status, body) = http(port, "POST", "/admin/decisions/release", Some(TOKEN), Some(release));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no decision on it in this instance's memory"),
+        "{body}"
+    );
 
     let entry = r#"{"kind":"account","value":"u-vip"}"#;
     let (status, body) = http(port, "POST", "/admin/allowlist", Some(TOKEN), Some(entry));
@@ -502,6 +511,102 @@ fn admin_api_needs_its_token_releases_decisions_and_keeps_the_allowlist() {
         "an allowlisted account got a decision"
     );
     assert_eq!(run.sigterm().code(), Some(0));
+}
+
+/// `count` failed codes from `ip`, a second apart from second `from` on.
+fn failures(ip: &str, from: u32, count: u32) -> Vec<Vec<u8>> {
+    (from..from + count)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"f-{ip}-{i}","ts":"{}","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"f00d{i:08x}"}},"account":{{"id":"u-guess-{i}"}},"ip":"{ip}"}}"#,
+                kamiguard::event::format_ts(1_795_309_200_000 + i as i64 * 1000)
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// Issue reports: after a restart the book was rebuilt from attempts, so
+/// (a) a blocked and released address was in force again and 25 fresh
+/// failures published nothing, and (b) with a threshold lowered before the
+/// restart, the restore booked a block the topic never carried and fresh
+/// failures published nothing. The book now holds what the decisions topic
+/// says.
+#[test]
+fn after_a_restart_the_book_holds_what_the_decisions_topic_says() {
+    const TOKEN: &str = "s3cret-admin-token";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::memory(dir.path());
+    broker.create_topics(1);
+    let setup = setup(broker.port, "kg-book", 1);
+    // Rules of our own, to lower a threshold.
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    for f in std::fs::read_dir(common::root().join("config/rules")).expect("rules") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, rules.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    let shipped = common::root().join("config/rules").display().to_string();
+    std::fs::write(&setup.config, text.replace(&shipped, &rules.display().to_string())).expect("config");
+    let env = [("KAMIGUARD_ADMIN_TOKEN", TOKEN)];
+    let port = setup.http_port;
+    let subject = |r: &Record| {
+        let d: Value = serde_json::from_slice(&r.payload).unwrap_or_default();
+        (
+            d["subject"].as_str().unwrap_or_default().to_string(),
+            d["action"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let count = |seen: &[Record], ip: &str, action: &str| {
+        seen.iter()
+            .filter(|r| subject(r) == (ip.to_string(), action.to_string()))
+            .count()
+    };
+    let (a, b) = ("175.16.199.61", "175.16.199.62");
+
+    // (a) 50 failures: a block; released through the admin API.
+    broker.produce(ATTEMPTS, &failures(a, 0, 50), true);
+    let run = Processor::start_with(&setup, "run-1", &env);
+    wait_http(port);
+    let mut decisions = broker.reader(DECISIONS, 1);
+    assert!(
+        decisions.read_until(Duration::from_secs(60), |seen| count(seen, a, "block") == 1),
+        "{}",
+        setup.logs()
+    );
+    let release = format!(r#"{{"scope":"ip","subject":"{a}"}}"#);
+    let (status, body) = http(port, "POST", "/admin/decisions/release", Some(TOKEN), Some(&release));
+    assert_eq!(status, 200, "{body}");
+    // (b) 30 failures, under the threshold of 50; then the threshold is
+    // lowered to 20 and taken on SIGHUP (the rule starts empty).
+    broker.produce(ATTEMPTS, &failures(b, 100, 30), true);
+    wait_committed(&broker, &setup, "kg-book", 80);
+    let pack = rules.join("10-guessing.toml");
+    let text = std::fs::read_to_string(&pack).expect("pack");
+    std::fs::write(&pack, text.replacen("threshold = 50", "threshold = 20", 1)).expect("pack");
+    run.signal("HUP");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(run.sigterm().code(), Some(0));
+    assert_eq!(count(&decisions.seen, b, "block"), 0, "nothing on b before the restart");
+
+    // Restart, then fresh failures from both addresses.
+    let run = Processor::start_with(&setup, "run-2", &env);
+    wait_http(port);
+    let mut fresh = failures(a, 60, 25);
+    fresh.extend(failures(b, 130, 1));
+    broker.produce(ATTEMPTS, &fresh, true);
+    let blocked = decisions.read_until(Duration::from_secs(60), |seen| {
+        count(seen, a, "block") == 2 && count(seen, b, "block") == 1
+    });
+    assert_eq!(run.sigterm().code(), Some(0));
+    assert!(
+        blocked,
+        "after the restart: {} blocks on the released address (want 2), {} on the other (want 1)\n{}",
+        count(&decisions.seen, a, "block"),
+        count(&decisions.seen, b, "block"),
+        setup.logs()
+    );
 }
 
 /// Hostile messages and the reason each must be dead-lettered with.

@@ -78,6 +78,46 @@ pub struct Active {
     /// `i64::MAX`: until released.
     pub until_ms: i64,
     pub rule: Arc<str>,
+    /// When it was decided (event time): of two records of one subject, the
+    /// later one stands.
+    pub at_ms: i64,
+}
+
+/// What the decisions topic says of one subject, as the book keeps it.
+#[derive(Debug, serde::Deserialize)]
+struct Published {
+    scope: KeyName,
+    subject: String,
+    #[serde(default)]
+    mode: Mode,
+    action: Action,
+    event_ts: String,
+    until: Option<String>,
+    rule: String,
+}
+
+impl Active {
+    /// A decision as published (the contract's JSON), as the book keeps it:
+    /// a `release` lapses at its own event time. `None` for anything that is
+    /// not a decision.
+    pub fn from_published(payload: &[u8]) -> Option<Active> {
+        let p: Published = serde_json::from_slice(payload).ok()?;
+        let at = crate::event::parse_ts_ms(&p.event_ts)?;
+        let until_ms = match (p.action, &p.until) {
+            (Action::Release, _) => at,
+            (_, None) => i64::MAX,
+            (_, Some(u)) => crate::event::parse_ts_ms(u)?,
+        };
+        Some(Active {
+            scope: p.scope,
+            subject: p.subject.into(),
+            mode: p.mode,
+            action: p.action,
+            until_ms,
+            rule: p.rule.into(),
+            at_ms: at,
+        })
+    }
 }
 
 impl LastSeen for Active {
@@ -123,6 +163,7 @@ impl DecisionBook {
             action,
             until_ms,
             rule: rule.clone(),
+            at_ms: now_ms,
         };
         // The book judges expiry itself (`until_ms`): no state is stale.
         let verdict = self.active.with(
@@ -160,9 +201,28 @@ impl DecisionBook {
             |a| {
                 a.until_ms = now_ms;
                 a.action = Action::Release;
+                a.at_ms = now_ms;
             },
         );
         Some(lifted)
+    }
+
+    /// Books what the decisions topic says of a subject, over what the book
+    /// had: the topic is the record of what is in force (a restart, or a
+    /// release by another instance, learns it from there).
+    /// A record older than what the book holds for the subject (this
+    /// instance's own decision read back after a newer one) changes nothing.
+    pub fn apply(&self, a: Active) {
+        self.active.with(
+            Self::key(a.scope, &a.subject, a.mode),
+            i64::MIN,
+            || a.clone(),
+            |kept| {
+                if a.at_ms >= kept.at_ms {
+                    *kept = a.clone();
+                }
+            },
+        );
     }
 
     /// Every decision in force at `now_ms` (walks the whole book).

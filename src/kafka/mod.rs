@@ -3,11 +3,13 @@
 //! - [`config`]: the `[kafka]` and `[pipeline]` configuration sections and the
 //!   librdkafka properties kamiguard sets.
 //! - [`run`]: consume, decide, publish, commit.
+//! - [`book`]: the decision book follows the decisions topic.
 //! - [`restore`]: rebuilding window state from the attempts topic.
 //! - [`dead_letter`]: what a refused message becomes.
 //! - [`order`]: event-time order across the partitions an engine reads.
 //! - [`topology`]: splitting the work across instances (internal topics).
 
+pub mod book;
 pub mod config;
 pub mod dead_letter;
 pub mod order;

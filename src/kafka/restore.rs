@@ -107,6 +107,9 @@ pub fn restore(
     let mut buffered = 0usize;
     let mut replayed = 0u64;
     let mut dropped = Vec::new();
+    // Windows and memory only: what is in force comes from the decisions topic.
+    engine.set_restoring(true);
+    let _done = Restoring(engine);
     let mut replay = |i: usize, e: Event| {
         engine.process_for(&e, ranges[i].home, &mut dropped);
         dropped.clear();
@@ -172,4 +175,13 @@ fn pop_earliest(buffers: &mut BTreeMap<usize, VecDeque<Event>>) -> Option<(usize
         .min()
         .map(|(_, i)| i)?;
     Some((i, buffers.get_mut(&i)?.pop_front()?))
+}
+
+/// Ends an engine's restoring when dropped, on every way out of a restore.
+struct Restoring<'a>(&'a Engine);
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.set_restoring(false);
+    }
 }

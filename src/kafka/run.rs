@@ -344,6 +344,9 @@ pub async fn run(
     let producer: FutureProducer = kafka.producer_config().create()?;
     info!(brokers = %kafka.brokers, topics = ?topology.topics(), group = %kafka.group_id, "consuming");
 
+    // What is in force is what the decisions topic says (see `super::book`).
+    let book = tokio::task::block_in_place(|| super::book::BookFollower::load(&kafka, &engine))?.0;
+
     let (tx, rx) = mpsc::channel::<Batch>(pipeline.in_flight_batches.max(1));
     let committer = tokio::spawn(commit_loop(
         consumer.clone(),
@@ -448,6 +451,7 @@ pub async fn run(
                     "no partitions assigned yet: expected while the group has more instances than partitions; otherwise the group may be stuck (/readyz stays 503; on the Tansu broker see the README on static membership)"
                 );
             }
+            book.follow(&engine);
             let now = Instant::now();
             let context = consumer.context();
             let caught_up = |slot: &Slot| context.is_caught_up(&topology.consumed[slot.0].topic, slot.1);

@@ -173,8 +173,9 @@ pub const DEFAULT_CONSUMER: [(&str, &str); 7] = [
     // librdkafka default of 500 ms to every decision.
     ("fetch.wait.max.ms", "10"),
     // Statistics four times a second: the consumer-lag metric comes from
-    // them, and whether a quiet partition is caught up (idle) or only not
-    // fetched yet, for the event-time order (`kafka::order`): the last
+    // them, and each partition's high watermark, which tells a quiet
+    // partition that is caught up (idle) from one whose attempts are not
+    // all taken yet, for the event-time order (`kafka::order`): the last
     // attempts before a pause wait that long at most for it.
     ("statistics.interval.ms", "250"),
 ];

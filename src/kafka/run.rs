@@ -144,17 +144,24 @@ impl Unassigned {
 pub struct RunContext {
     assignment_changed: AtomicBool,
     metrics: Arc<Metrics>,
-    /// Partitions whose fetcher has everything up to the high watermark,
-    /// from the last statistics: a quiet one of these is idle, not behind.
-    caught_up: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    /// Each partition's high watermark and committed offset, from the last
+    /// statistics: a quiet partition whose attempts this loop has all taken
+    /// (not only fetched: fetched ones may wait in the local queue behind
+    /// another partition's) is idle, not behind.
+    watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), (i64, i64)>>,
 }
 
 impl RunContext {
-    fn is_caught_up(&self, topic: &str, partition: i32) -> bool {
-        self.caught_up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(topic.to_string(), partition))
+    /// Whether the loop has taken everything `partition` of `topic` holds,
+    /// `next` being the next offset it would take (`None`: it has taken
+    /// nothing yet, so it starts at the committed offset). Unknown before
+    /// the first statistics: not caught up.
+    fn is_caught_up(&self, topic: &str, partition: i32, next: Option<i64>) -> bool {
+        let marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        match marks.get(&(topic.to_string(), partition)) {
+            Some((high, committed)) => *high >= 0 && next.unwrap_or((*committed).max(0)) >= *high,
+            None => false,
+        }
     }
 }
 
@@ -163,7 +170,7 @@ impl ClientContext for RunContext {
     /// per partition of each consumed topic (the attempts topic, and the
     /// internal topics when split).
     fn stats(&self, statistics: Statistics) {
-        let mut caught_up = std::collections::HashSet::new();
+        let mut marks = std::collections::HashMap::new();
         for (name, topic) in &statistics.topics {
             for (partition, p) in &topic.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -172,12 +179,12 @@ impl ClientContext for RunContext {
                         .with_label_values(&[name, &partition.to_string()])
                         .set(p.consumer_lag);
                 }
-                if *partition >= 0 && p.hi_offset >= 0 && p.next_offset >= p.hi_offset {
-                    caught_up.insert((name.clone(), *partition));
+                if *partition >= 0 {
+                    marks.insert((name.clone(), *partition), (p.hi_offset, p.committed_offset));
                 }
             }
         }
-        *self.caught_up.lock().unwrap_or_else(|p| p.into_inner()) = caught_up;
+        *self.watermarks.lock().unwrap_or_else(|p| p.into_inner()) = marks;
     }
 }
 
@@ -326,7 +333,7 @@ pub async fn run(
             .create_with_context(RunContext {
                 assignment_changed: AtomicBool::new(false),
                 metrics: metrics.clone(),
-                caught_up: Default::default(),
+                watermarks: Default::default(),
             })?,
     );
     let lookback_ms = match pipeline.restore_lookback_secs {
@@ -454,7 +461,9 @@ pub async fn run(
             book.follow(&engine);
             let now = Instant::now();
             let context = consumer.context();
-            let caught_up = |slot: &Slot| context.is_caught_up(&topology.consumed[slot.0].topic, slot.1);
+            let caught_up = |slot: &Slot| {
+                context.is_caught_up(&topology.consumed[slot.0].topic, slot.1, consumed.get(slot).copied())
+            };
             order.idle_if_quiet(idle, now, |(slot, _)| {
                 topology.consumed[slot.0].role == Role::Direct && caught_up(slot)
             });
@@ -938,7 +947,7 @@ struct Mark {
     heard: Instant,
     sent: Option<Marker>,
     sent_at: Instant,
-    /// The fetcher has everything the partition holds (statistics).
+    /// The loop has taken everything the partition holds.
     caught_up: bool,
 }
 

@@ -78,6 +78,17 @@ struct Source {
     idle: bool,
 }
 
+impl Source {
+    /// A source heard of at `now` that has said nothing yet.
+    fn new(now: Instant) -> Source {
+        Source {
+            watermark: i64::MIN,
+            heard: now,
+            idle: false,
+        }
+    }
+}
+
 /// One buffered attempt.
 #[derive(Debug)]
 pub struct Released<T> {
@@ -138,11 +149,7 @@ impl<T> Orderer<T> {
     /// A source that may send attempts from now on; until it says anything
     /// it holds the others back for at most `stall`.
     pub fn expect(&mut self, source: SourceId, now: Instant) {
-        self.sources.entry(source).or_insert(Source {
-            watermark: i64::MIN,
-            heard: now,
-            idle: false,
-        });
+        self.sources.entry(source).or_insert(Source::new(now));
     }
 
     /// Forgets every source and buffered attempt of `slot` (revoked: its new
@@ -155,14 +162,8 @@ impl<T> Orderer<T> {
 
     /// Buffers an attempt at `ts_ms` from `source`, read at `offset`.
     pub fn push(&mut self, source: SourceId, offset: i64, ts_ms: i64, item: T, now: Instant) {
-        let s = self.sources.entry(source).or_insert(Source {
-            watermark: i64::MIN,
-            heard: now,
-            idle: false,
-        });
-        s.watermark = s.watermark.max(ts_ms);
-        s.heard = now;
-        s.idle = false;
+        // An attempt says of its source what a marker at its time would.
+        self.mark(source, Some(ts_ms), now);
         let id = self.next;
         self.next += 1;
         self.heap.push(Reverse((ts_ms, id)));
@@ -180,11 +181,7 @@ impl<T> Orderer<T> {
 
     /// Notes a marker from `source`.
     pub fn mark(&mut self, source: SourceId, ts_ms: Option<i64>, now: Instant) {
-        let s = self.sources.entry(source).or_insert(Source {
-            watermark: i64::MIN,
-            heard: now,
-            idle: false,
-        });
+        let s = self.sources.entry(source).or_insert(Source::new(now));
         s.heard = now;
         match ts_ms {
             Some(ts) => {

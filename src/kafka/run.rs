@@ -544,13 +544,14 @@ pub async fn run(
                 Ok(Some(e)) => match role {
                     Role::Route => marks.heard(slot, e.ts_ms, ingested),
                     Role::Direct | Role::Home(_) => {
-                        let from = match role {
-                            Role::Home(_) => header(Marker::SOURCE).and_then(|p| p.parse().ok()).unwrap_or(-1),
-                            _ => slot.1,
-                        };
-                        let home = match role {
-                            Role::Home(h) => Some(h),
-                            _ => None,
+                        // A home's copies name the attempts partition they
+                        // came from; a partition read directly is its own.
+                        let (from, home) = match role {
+                            Role::Home(h) => (
+                                header(Marker::SOURCE).and_then(|p| p.parse().ok()).unwrap_or(-1),
+                                Some(h),
+                            ),
+                            _ => (slot.1, None),
                         };
                         let ts = e.ts_ms;
                         order.push(

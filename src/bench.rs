@@ -397,7 +397,11 @@ fn ack_awaiter() -> (
 fn config(o: &BenchOptions, name: &str) -> KafkaConfig {
     let brokers = &o.brokers;
     KafkaConfig {
-        properties: o.properties.iter().cloned().collect(),
+        properties: o
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().into()))
+            .collect(),
         brokers: brokers.into(),
         group_id: format!("{name}.run"),
         partitions: 1,
@@ -407,6 +411,8 @@ fn config(o: &BenchOptions, name: &str) -> KafkaConfig {
             attempts: format!("{name}.attempts"),
             decisions: format!("{name}.decisions"),
             dead_letters: format!("{name}.dlq"),
+            audit: format!("{name}.audit"),
+            allowlist: format!("{name}.allowlist"),
         },
         ..KafkaConfig::default()
     }

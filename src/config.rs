@@ -10,15 +10,17 @@ use crate::engine::EngineConfig;
 use crate::enrich::GeoConfig;
 use crate::kafka::{KafkaConfig, PipelineConfig};
 use crate::rules::line_column;
+use crate::secret::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Key for hashing raw card codes. Prefer the `KAMIGUARD_CODE_KEY`
-    /// environment variable, which wins over this, so the key stays out of files.
+    /// Key for hashing raw card codes: `{ env = … }` or `{ file = … }`
+    /// (`crate::secret`). The `KAMIGUARD_CODE_KEY` or `KAMIGUARD_CODE_KEY_FILE`
+    /// environment variable wins over this.
     #[serde(default)]
-    pub code_key: Option<String>,
+    pub code_key: Option<Secret>,
     /// Rule file or directory. Relative paths are relative to this file.
     #[serde(default)]
     pub rules: Option<PathBuf>,
@@ -78,6 +80,12 @@ pub enum ConfigError {
     OutOfRange(Vec<String>),
     #[error("{var}: {message}")]
     Env { var: &'static str, message: String },
+    #[error("{path}: {key}: {message}")]
+    Secret {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 /// A setting's allowed range: its key as written in the file, its value,
@@ -308,6 +316,8 @@ pub const BROKERS_ENV: &str = "KAMIGUARD_BROKERS";
 pub const GROUP_ID_ENV: &str = "KAMIGUARD_GROUP_ID";
 /// Overrides `http.listen`.
 pub const HTTP_LISTEN_ENV: &str = "KAMIGUARD_HTTP_LISTEN";
+/// Overrides `admin.listen`.
+pub const ADMIN_LISTEN_ENV: &str = "KAMIGUARD_ADMIN_LISTEN";
 
 impl Config {
     /// Reads `path`, resolves relative paths against its folder, then applies
@@ -321,7 +331,8 @@ impl Config {
         config.check(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
-            &mut config.admin.allowlist_file,
+            &mut config.admin.tls_cert,
+            &mut config.admin.tls_key,
             &mut config.rules,
             &mut config.geo.city,
             &mut config.geo.asn,
@@ -335,7 +346,39 @@ impl Config {
             }
         }
         config.apply_env(|k| std::env::var(k).ok())?;
+        config.resolve_secrets(path, &|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+
+    /// Reads every `{ env = … }` and `{ file = … }` secret (files relative
+    /// to the config file's folder). A secret that cannot be read stops the
+    /// start with the key that names it.
+    pub fn resolve_secrets(&mut self, path: &Path, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut all: Vec<(String, &mut Secret)> = Vec::new();
+        if let Some(key) = self.code_key.as_mut() {
+            all.push(("code_key".into(), key));
+        }
+        for (i, t) in self.admin.tokens.iter_mut().enumerate() {
+            all.push((format!("admin.tokens[{i}].token"), &mut t.token));
+        }
+        for (section, map) in [
+            ("properties", &mut self.kafka.properties),
+            ("consumer", &mut self.kafka.consumer),
+            ("producer", &mut self.kafka.producer),
+        ] {
+            for (k, v) in map.iter_mut() {
+                all.push((format!("kafka.{section}.\"{k}\""), v));
+            }
+        }
+        for (key, secret) in all {
+            secret.resolve(base, get).map_err(|message| ConfigError::Secret {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        }
+        Ok(())
     }
 
     /// Parses configuration text; errors carry line and column.
@@ -360,17 +403,34 @@ impl Config {
         self.geo.city = city.or(self.geo.city.take());
         self.geo.asn = asn.or(self.geo.asn.take());
         self.geo.anonymous = anonymous.or(self.geo.anonymous.take());
+        let secret =
+            |var: &'static str| Secret::from_env(var, &|k| get(k)).map_err(|message| ConfigError::Env { var, message });
+        if let Some(key) = secret(crate::event::CODE_KEY_ENV)? {
+            self.code_key = Some(key);
+        }
+        if let Some(token) = secret(crate::admin::ADMIN_TOKEN_ENV)? {
+            self.admin.tokens.retain(|t| t.name != crate::admin::ENV_TOKEN_NAME);
+            self.admin.tokens.push(crate::admin::AdminToken {
+                name: crate::admin::ENV_TOKEN_NAME.into(),
+                token,
+            });
+        }
         if let Some(brokers) = get(BROKERS_ENV).filter(|v| !v.is_empty()) {
             self.kafka.brokers = brokers;
         }
         if let Some(group) = get(GROUP_ID_ENV).filter(|v| !v.is_empty()) {
             self.kafka.group_id = group;
         }
-        if let Some(text) = get(HTTP_LISTEN_ENV).filter(|v| !v.is_empty()) {
-            self.http.listen = text.parse().map_err(|_| ConfigError::Env {
-                var: HTTP_LISTEN_ENV,
-                message: format!("`{text}` is not an address and port, like 127.0.0.1:9464 or [::1]:9464"),
-            })?;
+        for (var, listen) in [
+            (HTTP_LISTEN_ENV, &mut self.http.listen),
+            (ADMIN_LISTEN_ENV, &mut self.admin.listen),
+        ] {
+            if let Some(text) = get(var).filter(|v| !v.is_empty()) {
+                *listen = text.parse().map_err(|_| ConfigError::Env {
+                    var,
+                    message: format!("`{text}` is not an address and port, like 127.0.0.1:9464 or [::1]:9464"),
+                })?;
+            }
         }
         Ok(())
     }
@@ -452,5 +512,22 @@ mod tests {
             parsed, expected,
             "config/kamiguard.toml and the built-in defaults differ"
         );
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_read_names_its_key() {
+        let path = Path::new("/etc/kamiguard/kamiguard.toml");
+        let text = "[kafka.properties]\n\"sasl.password\" = { env = \"KG_NOT_SET\" }\n";
+        let mut c = Config::parse(path, text).expect("parses");
+        let e = c.resolve_secrets(path, &|_| None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/kamiguard/kamiguard.toml: kafka.properties.\"sasl.password\": environment variable KG_NOT_SET is not set"
+        );
+        let mut c = Config::parse(path, text).expect("parses");
+        c.resolve_secrets(path, &|k| (k == "KG_NOT_SET").then(|| "pw".into()))
+            .expect("resolves");
+        assert_eq!(c.kafka.producer_config().get("sasl.password"), Some("pw"));
+        assert!(!format!("{c:?}").contains("\"pw\""));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use crate::decision::{decision_id, Decision, DecisionBook};
 use crate::enrich::{distance_km, GeoDatabases, GeoNeeds};
 use crate::event::{format_ts, Event, Kind, Outcome};
 use crate::rules::filter::{human_secs, yuan};
-use crate::rules::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
+use crate::rules::{CompiledAggregate, CompiledKind, CompiledRule, Facts, KeyName, RuleSet};
 use crate::state::{
     key_of, AccountMemory, BudgetStats, CapHits, CardMemory, DistinctWindow, EventClock, KeyedQuota, KeyedStore,
     LastSeen, Recalled, SeenEvents, SlidingCount, StateBudget,
@@ -300,7 +300,9 @@ struct Loaded {
 pub struct Engine {
     loaded: RwLock<Loaded>,
     /// Allowlist entries that apply to every rule (the admin API's).
-    global_allow: RwLock<Allow>,
+    global_allow: RwLock<crate::allowlist::SharedAllow>,
+    /// The entries `global_allow` is made from, as typed.
+    allowlist: Mutex<crate::allowlist::AllowList>,
     /// Whether `global_allow` has entries: while it has none (the usual
     /// case), attempts skip its lock.
     global_allow_set: AtomicBool,
@@ -435,7 +437,8 @@ impl Engine {
                 states,
                 generation: 0,
             }),
-            global_allow: RwLock::new(Allow::default()),
+            global_allow: RwLock::new(Default::default()),
+            allowlist: Mutex::new(Default::default()),
             global_allow_set: AtomicBool::new(false),
             routed_homes: RwLock::new(None),
             geo,
@@ -801,18 +804,46 @@ impl Engine {
         facts
     }
 
-    fn allowed(&self, rule: &CompiledRule, e: &Event, keys: &Keys, global: Option<&Allow>) -> bool {
-        let lets_through = |allow: &Allow| {
-            !allow.is_empty()
-                && (allow.accounts.contains(&keys.account)
-                    || keys.device.is_some_and(|d| allow.devices.contains(&d))
-                    || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))))
-        };
-        lets_through(&rule.allow) || global.is_some_and(lets_through)
+    fn allowed(
+        &self,
+        rule: &CompiledRule,
+        e: &Event,
+        keys: &Keys,
+        global: Option<&crate::allowlist::SharedAllow>,
+    ) -> bool {
+        let allow = &rule.allow;
+        let by_rule = !allow.is_empty()
+            && (allow.accounts.contains(&keys.account)
+                || keys.device.is_some_and(|d| allow.devices.contains(&d))
+                || e.ip.is_some_and(|ip| allow.cidrs.iter().any(|n| n.contains(&ip))));
+        by_rule || global.is_some_and(|g| g.exempts(e.ts_ms, keys.account, keys.device, e.ip))
     }
 
-    /// Replaces the allowlist that applies to every rule.
-    pub fn set_global_allow(&self, allow: Allow) {
+    /// Takes one allowlist record (from the topic, a file or the admin
+    /// API); returns whether the list changed.
+    pub fn apply_allow(&self, entry: crate::allowlist::Entry) -> bool {
+        let mut list = self.allowlist.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = list.apply(entry);
+        if changed {
+            self.set_global_allow(list.shared());
+        }
+        changed
+    }
+
+    /// Replaces the whole allowlist (replay's `--allowlist`).
+    pub fn set_allowlist(&self, list: crate::allowlist::AllowList) {
+        let mut kept = self.allowlist.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_global_allow(list.shared());
+        *kept = list;
+    }
+
+    /// The allowlist entries as typed.
+    pub fn allowlist(&self) -> crate::allowlist::AllowList {
+        self.allowlist.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the allowlist that applies to every rule (`crate::allowlist`).
+    fn set_global_allow(&self, allow: crate::allowlist::SharedAllow) {
         let mut global = self.global_allow.write().unwrap_or_else(|p| p.into_inner());
         self.global_allow_set.store(!allow.is_empty(), Ordering::Release);
         *global = allow;
@@ -842,16 +873,27 @@ impl Engine {
         self.book.in_force(self.clock.now_ms())
     }
 
-    /// Lifts whatever is in force on `subject` here and returns the
-    /// `release` decision to publish, whether this instance remembers a
-    /// decision on it or not: the decisions topic, not this instance's
-    /// memory, is the record (a permanent freeze older than the restore
-    /// lookback, a decision another instance made, a release whose
-    /// publication failed and is tried again). The id is deterministic for
-    /// the subject and the engine's event time.
+    /// The decision in force on a subject at the engine's event time, if any.
+    pub fn in_force_on(
+        &self,
+        scope: KeyName,
+        subject: &str,
+        mode: crate::rules::Mode,
+    ) -> Option<crate::decision::Active> {
+        self.book.in_force_on(scope, subject, mode, self.clock.now_ms())
+    }
+
+    /// The `release` decision to publish for `subject`, whether this
+    /// instance remembers a decision on it or not: the decisions topic, not
+    /// this instance's memory, is the record (a permanent freeze older than
+    /// the restore lookback, a decision another instance made, a release
+    /// whose publication failed and is tried again). It lifts nothing here:
+    /// the book takes the release once it is published
+    /// ([`Engine::book_published`]), as every other instance does. The id is
+    /// deterministic for the subject and the engine's event time.
     pub fn release(&self, scope: KeyName, subject: &str, mode: crate::rules::Mode) -> Decision {
         let now = self.clock.now_ms();
-        let lifted = self.book.release(scope, subject, mode, now);
+        let lifted = self.book.in_force_on(scope, subject, mode, now);
         let rule: Arc<str> = lifted.as_ref().map_or_else(|| Arc::from("admin"), |l| l.rule.clone());
         let reason = match &lifted {
             Some(l) => format!(
@@ -1227,8 +1269,8 @@ impl Engine {
     }
 
     /// Active decisions by scope at the engine's event time.
-    pub fn active_decisions(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        self.book.active_by_scope(self.clock.now_ms())
+    pub fn active_decisions(&self) -> [(KeyName, i64); KeyName::ALL.len()] {
+        self.book.counts_by_scope()
     }
 
     /// How late an event may arrive and still count, ms.

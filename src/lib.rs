@@ -23,7 +23,10 @@
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`reload`]: hot reload of the rule files (SIGHUP or a change on disk).
-//! - [`admin`]: the token-protected admin API (decisions, releases, allowlist, rules).
+//! - [`admin`]: the admin API on its own listener: named tokens, an audit record before every change.
+//! - [`allowlist`]: the allowlist shared by every instance through a compacted topic.
+//! - [`secret`]: secrets given inline, by environment variable or by file; redacted in `Debug`.
+//! - [`http`]: serving an endpoint with a connection cap, timeouts and optional TLS.
 //! - [`bench`]: `kamiguard bench`, the pipeline against a Kafka passthrough on the same broker.
 //! - [`config`]: the service configuration file.
 //! - [`demo`]: `kamiguard demo` on librdkafka's mock cluster, and its made-up geo databases.
@@ -32,6 +35,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod allowlist;
 pub mod bench;
 pub mod config;
 pub mod decision;
@@ -39,10 +43,12 @@ pub mod demo;
 pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod rules;
 pub mod scenario;
+pub mod secret;
 pub mod state;

@@ -46,6 +46,11 @@ enum Command {
         /// Write decisions here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Allowlist records, one JSON object a line, later lines winning: a
+        /// dump of the allowlist topic (`kcat -C -t kamiguard.allowlist -e`)
+        /// applies what the service applied (README, "Admin API").
+        #[arg(long)]
+        allowlist: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -187,7 +192,7 @@ impl Common {
 /// state keys seeded from its key (`state::seed_keys`) before any rule set
 /// is compiled. Without a key, keys keep the public seed.
 fn code_hasher(config: &Config) -> CodeHasher {
-    let hasher = CodeHasher::from_env_or(config.code_key.as_deref());
+    let hasher = CodeHasher::from_key(config.code_key.as_ref().map(|k| k.expose()));
     if let Some(seed) = hasher.state_key_seed() {
         kamiguard::state::seed_keys(seed);
     }
@@ -225,7 +230,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Replay { events, out, common } => replay_command(&events, out.as_deref(), &common),
+        Command::Replay {
+            events,
+            out,
+            allowlist,
+            common,
+        } => replay_command(&events, out.as_deref(), allowlist.as_deref(), &common),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
         Command::Run { common } => run_command(&common),
@@ -269,8 +279,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow::Result<ExitCode> {
+fn replay_command(
+    events: &Path,
+    out: Option<&Path>,
+    allowlist: Option<&Path>,
+    common: &Common,
+) -> anyhow::Result<ExitCode> {
     let config = common.config()?;
+    let allowlist = match allowlist {
+        Some(path) => Some(kamiguard::allowlist::AllowList::load_file(path).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let hasher = code_hasher(&config);
     let rules = load(&rules_path(&config), geo.available())?;
@@ -295,7 +314,13 @@ fn replay_command(events: &Path, out: Option<&Path>, common: &Common) -> anyhow:
     let mut sink = BufWriter::with_capacity(1 << 16, sink);
     let mut summary = ReplaySummary::default();
     let open = || std::fs::File::open(events).map(|f| BufReader::with_capacity(1 << 20, f));
-    let make_engine = || Engine::new(rules.clone(), geo.clone(), config.engine.clone());
+    let make_engine = || {
+        let engine = Engine::new(rules.clone(), geo.clone(), config.engine.clone())?;
+        if let Some(list) = &allowlist {
+            engine.set_allowlist(list.clone());
+        }
+        Ok::<_, kamiguard::engine::EngineError>(engine)
+    };
     // Fail on a bad engine setting before reading anything.
     make_engine()?;
     let engine = replay(
@@ -353,6 +378,9 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
         bail!("run needs --config FILE (see config/kamiguard.toml)");
     };
     let config = common.config()?;
+    // Secrets print redacted (`kamiguard::secret`), so the whole
+    // configuration can be shown to whoever debugs a deployment.
+    tracing::debug!(?config, "configuration");
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let available = geo.available();
     let hasher = code_hasher(&config);
@@ -364,15 +392,11 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
     let poll = (config.pipeline.rules_poll_secs > 0).then(|| Duration::from_secs(config.pipeline.rules_poll_secs));
     runtime.spawn(reloader.watch(poll, shutdown.clone()));
     let health = Arc::new(kamiguard::metrics::Health::default());
-    let config_dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let admin = {
         let _guard = runtime.enter();
-        kamiguard::admin::Admin::new(&config.admin, &config.kafka, engine.clone(), &config_dir)
+        kamiguard::admin::Admin::new(&config.admin, &config.kafka, engine.clone())
             .map_err(|e| anyhow::anyhow!("admin API: {e}"))?
     };
-    if admin.is_some() && !config.http.enabled {
-        bail!("the admin API is served on the HTTP endpoint: set http.enabled = true or unset the admin token");
-    }
     if config.http.enabled {
         runtime
             .block_on(kamiguard::metrics::serve(
@@ -380,10 +404,35 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
                 metrics.clone(),
                 health.clone(),
                 engine.clone(),
-                admin.as_ref().map(|a| a.router()),
                 shutdown.clone(),
             ))
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    }
+    if let Some(admin) = &admin {
+        let a = &config.admin;
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(kamiguard::http::tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?)
+            }
+            _ => None,
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(a.listen))
+            .with_context(|| format!("cannot listen on {} (admin.listen)", a.listen))?;
+        tracing::info!(
+            bound = %listener.local_addr()?,
+            tls = tls.is_some(),
+            tokens = a.tokens.len(),
+            "admin API listening"
+        );
+        runtime.spawn(kamiguard::http::serve(
+            listener,
+            admin.router(),
+            tls,
+            kamiguard::http::Limits::default(),
+            "admin",
+            shutdown.clone(),
+        ));
     }
     let settings = kamiguard::kafka::Settings {
         kafka: config.kafka,

@@ -226,11 +226,8 @@ impl Metrics {
             add(&self.state_cap_hits.with_label_values(&[c.store.as_str()]), c.hits);
         }
         self.rules_loaded.set(engine.rules().rules.len() as i64);
-        for scope in crate::rules::KeyName::ALL {
-            self.active_decisions.with_label_values(&[scope.as_str()]).set(0);
-        }
         for (scope, n) in engine.active_decisions() {
-            self.active_decisions.with_label_values(&[scope]).set(n as i64);
+            self.active_decisions.with_label_values(&[scope.as_str()]).set(n);
         }
         for (database, kept, decoded) in engine.geo_record_counts() {
             add(&self.geo_records.with_label_values(&[database, "kept"]), kept);
@@ -271,16 +268,15 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` (and `extra` routes, the admin
-/// API) on `addr` until `shutdown`.
-/// Returns the bound address (useful with port 0).
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`,
+/// within `crate::http::Limits`. Returns the bound address (useful with
+/// port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     engine: Arc<Engine>,
-    extra: Option<Router>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -313,18 +309,14 @@ pub async fn serve(
                 }
             }),
         );
-    let app = match extra {
-        Some(routes) => app.merge(routes),
-        None => app,
-    };
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
-    });
+    tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        None,
+        crate::http::Limits::default(),
+        "metrics",
+        shutdown,
+    ));
     tracing::info!(%bound, "metrics, healthz and readyz listening");
     Ok(bound)
 }

@@ -434,3 +434,54 @@ fn run_refuses_to_start_without_a_code_key_and_says_how_to_set_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no code-hash key: set KAMIGUARD_CODE_KEY"), "{stderr}");
 }
+
+#[test]
+fn replay_applies_an_allowlist_dump_and_its_expiry_on_event_time() {
+    let (_dir, config, _) = common::fixture_geo();
+    let geo = geo_args(&config);
+    let events = common::root().join("tests/scenarios/single-ip-guessing/events.jsonl");
+    let (out, _) = replay(&events, &geo, None);
+    let decisions = without_decided_at(&out);
+    assert_eq!(decisions.len(), 1, "{out}");
+    let ip = decisions[0]["subject"].as_str().expect("subject").to_string();
+    let first_ts = std::fs::read_to_string(&events).expect("events");
+    let first: serde_json::Value = serde_json::from_str(first_ts.lines().next().expect("a line")).expect("json");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let list = tmp.path().join("allowlist.jsonl");
+    let with_list = |text: &str| {
+        std::fs::write(&list, text).expect("write");
+        let out = kamiguard()
+            .current_dir(common::root())
+            .arg("replay")
+            .arg(&events)
+            .args(&geo)
+            .arg("--allowlist")
+            .arg(&list)
+            .output()
+            .expect("replay");
+        (
+            out.status.success(),
+            without_decided_at(&String::from_utf8_lossy(&out.stdout)),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The topic's records as kcat prints them: an entry, then one for
+    // another network, removed again.
+    let (ok, got, err) = with_list(&format!(
+        "{{\"kind\":\"cidr\",\"value\":\"{ip}/32\",\"by\":\"oncall\"}}\n{{\"kind\":\"cidr\",\"value\":\"10.0.0.0/8\"}}\n{{\"kind\":\"cidr\",\"value\":\"10.0.0.0/8\",\"removed\":true}}\n"
+    ));
+    assert!(ok, "{err}");
+    assert!(got.is_empty(), "the allowlisted address was decided on: {got:?}");
+    // An entry that expired (event time) before the attack exempts nothing.
+    let (ok, got, err) = with_list(&format!(
+        "{{\"kind\":\"cidr\",\"value\":\"{ip}/32\",\"expires\":\"{}\"}}\n",
+        first["ts"].as_str().expect("ts")
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(got, decisions);
+    // A broken record stops the replay with its line.
+    let (ok, _, err) = with_list("{\"kind\":\"account\",\"value\":\"u\"}\n{\"kind\":\"cidr\",\"value\":\"nope\"}\n");
+    assert!(!ok);
+    assert!(err.contains("allowlist.jsonl:2: `value` must be a CIDR"), "{err}");
+}

@@ -56,13 +56,28 @@ fn kustomization_builds_where_kubectl_exists() {
     };
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    for kind in ["Namespace", "ConfigMap", "Deployment", "Service", "PodMonitor"] {
+    for kind in [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodMonitor",
+        "NetworkPolicy",
+    ] {
         assert!(text.contains(&format!("kind: {kind}")), "{kind} missing from the build");
     }
     assert!(
         text.contains("10-guessing.toml:"),
         "the rules ConfigMap carries the rule files"
     );
+    // The admin API's port (9465) is in no Service, container port or
+    // NetworkPolicy of the build (the ConfigMap's comments may name it).
+    for doc in text.split("\n---\n") {
+        let kind = doc.lines().find_map(|l| l.strip_prefix("kind: ")).unwrap_or_default();
+        if ["Service", "Deployment", "NetworkPolicy"].contains(&kind) {
+            assert!(!doc.contains("9465"), "the built {kind} names the admin port:\n{doc}");
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Step 6 of the flow: decisions (CONTRACT section 2). Deterministic ids, the
 //! book of active decisions that stops republishing, and expiry.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -128,15 +129,41 @@ impl LastSeen for Active {
 
 /// Active decisions per (scope, subject, mode). Shadow decisions are booked
 /// apart so a shadow rule never silences an enforced one.
+///
+/// The book keeps its own count by scope as it changes, so the metrics
+/// never walk it: a scrape on a book of millions would hold the shards the
+/// pipeline writes to.
 #[derive(Debug)]
 pub struct DecisionBook {
     active: KeyedStore<Active>,
+    /// Booked decisions that are not releases, by `KeyName::ALL` index:
+    /// in force, or lapsed and not yet swept (`expire`).
+    counts: [AtomicI64; KeyName::ALL.len()],
+}
+
+/// Whether a booked entry counts in [`DecisionBook::counts`]. `admit`'s
+/// placeholder (`until_ms` of `i64::MIN`) is replaced before its lock is let go.
+fn counted(a: &Active) -> bool {
+    a.action != Action::Release && a.until_ms != i64::MIN
 }
 
 impl DecisionBook {
     pub fn new(budget: Arc<StateBudget>) -> DecisionBook {
         DecisionBook {
             active: KeyedStore::new(budget).named("decision book"),
+            counts: Default::default(),
+        }
+    }
+
+    /// Moves the count of `a`'s scope from what it was (`before`) to what it is.
+    fn recount(&self, before: bool, a: &Active) {
+        self.add(a.scope, i64::from(counted(a)) - i64::from(before));
+    }
+
+    fn add(&self, scope: KeyName, delta: i64) {
+        if delta != 0 {
+            let at = KeyName::ALL.iter().position(|k| *k == scope).unwrap_or(0);
+            self.counts[at].fetch_add(delta, Ordering::Relaxed);
         }
     }
 
@@ -166,20 +193,22 @@ impl DecisionBook {
             at_ms: now_ms,
         };
         // The book judges expiry itself (`until_ms`): no state is stale.
-        let verdict = self.active.with(
+        let verdict = self.active.with_new(
             Self::key(scope, subject, mode),
             i64::MIN,
             || Active {
                 until_ms: i64::MIN,
                 ..fresh()
             },
-            |a| {
+            |a, new| {
+                let before = !new && counted(a);
                 let publish = a.until_ms <= now_ms
                     || action.strength() > a.action.strength()
                     || (action.strength() == a.action.strength() && until_ms > a.until_ms && a.rule != *rule);
                 if publish {
                     *a = fresh();
                 }
+                self.recount(before, a);
                 publish
             },
         );
@@ -188,23 +217,11 @@ impl DecisionBook {
         verdict.unwrap_or(true)
     }
 
-    /// Lifts the decision in force on a subject (an admin release); returns
-    /// what was lifted, or `None` when nothing was in force at `now_ms`.
-    pub fn release(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) -> Option<Active> {
-        let lifted = self.active.read(Self::key(scope, subject, mode), i64::MIN, |a| {
+    /// The decision in force on a subject at `now_ms`, if any.
+    pub fn in_force_on(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) -> Option<Active> {
+        self.active.read(Self::key(scope, subject, mode), i64::MIN, |a| {
             (a.until_ms > now_ms && a.action != Action::Release).then(|| a.clone())
-        })??;
-        self.active.with(
-            Self::key(scope, subject, mode),
-            i64::MIN,
-            || lifted.clone(),
-            |a| {
-                a.until_ms = now_ms;
-                a.action = Action::Release;
-                a.at_ms = now_ms;
-            },
-        );
-        Some(lifted)
+        })?
     }
 
     /// Books what the decisions topic says of a subject, over what the book
@@ -213,14 +230,16 @@ impl DecisionBook {
     /// A record older than what the book holds for the subject (this
     /// instance's own decision read back after a newer one) changes nothing.
     pub fn apply(&self, a: Active) {
-        self.active.with(
+        self.active.with_new(
             Self::key(a.scope, &a.subject, a.mode),
             i64::MIN,
             || a.clone(),
-            |kept| {
+            |kept, new| {
+                let before = !new && counted(kept);
                 if a.at_ms >= kept.at_ms {
                     *kept = a.clone();
                 }
+                self.recount(before, kept);
             },
         );
     }
@@ -238,23 +257,23 @@ impl DecisionBook {
 
     /// Drops decisions that have lapsed by `now_ms`.
     pub fn expire(&self, now_ms: i64) -> usize {
-        self.active.evict_idle(now_ms)
+        self.active
+            .evict_idle_each(now_ms, |a| self.add(a.scope, -i64::from(counted(a))))
     }
 
     pub fn len(&self) -> usize {
         self.active.len()
     }
 
-    /// Decisions still in force at `now_ms`, by scope (for the metrics; walks
-    /// the whole book, so call it at scrape time, not per event).
-    pub fn active_by_scope(&self, now_ms: i64) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut by = std::collections::BTreeMap::new();
-        self.active.for_each(|a| {
-            if a.until_ms > now_ms && a.action != Action::Release {
-                *by.entry(a.scope.as_str()).or_default() += 1;
-            }
-        });
-        by
+    /// Booked decisions by scope: those in force, and those lapsed since
+    /// the last sweep (at most `engine.sweep_every_secs` of event time).
+    /// Kept as the book changes; reading it walks nothing.
+    pub fn counts_by_scope(&self) -> [(KeyName, i64); KeyName::ALL.len()] {
+        let mut at = 0;
+        KeyName::ALL.map(|k| {
+            at += 1;
+            (k, self.counts[at - 1].load(Ordering::Relaxed))
+        })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -166,15 +166,7 @@ pub async fn demo(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     if let Some(addr) = options.metrics {
-        let bound = serve(
-            addr,
-            metrics.clone(),
-            health.clone(),
-            engine.clone(),
-            None,
-            stop_rx.clone(),
-        )
-        .await?;
+        let bound = serve(addr, metrics.clone(), health.clone(), engine.clone(), stop_rx.clone()).await?;
         writeln!(screen, "metrics: http://{bound}/metrics").map_err(DemoError::Io)?;
     }
     let pipeline = run(

@@ -29,14 +29,12 @@ impl CodeHasher {
         }
     }
 
-    /// The key from `KAMIGUARD_CODE_KEY` if set, else `configured`, else none.
-    pub fn from_env_or(configured: Option<&str>) -> CodeHasher {
-        match std::env::var(CODE_KEY_ENV).ok().filter(|k| !k.is_empty()) {
+    /// A hasher with `key` when one is given (the config resolves it from
+    /// `KAMIGUARD_CODE_KEY`, its `_FILE` or `code_key`).
+    pub fn from_key(key: Option<&str>) -> CodeHasher {
+        match key.filter(|k| !k.is_empty()) {
             Some(key) => CodeHasher::with_key(key.as_bytes()),
-            None => match configured.filter(|k| !k.is_empty()) {
-                Some(key) => CodeHasher::with_key(key.as_bytes()),
-                None => CodeHasher::without_key(),
-            },
+            None => CodeHasher::without_key(),
         }
     }
 

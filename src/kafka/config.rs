@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// Where the pipeline reads and writes.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,11 +30,11 @@ pub struct KafkaConfig {
     /// Replication factor of topics kamiguard creates; -1 takes the broker's default.
     pub replication_factor: i32,
     /// librdkafka properties for every client (security, timeouts).
-    pub properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, Secret>,
     /// librdkafka properties for the consumers only; they win over `properties`.
-    pub consumer: BTreeMap<String, String>,
+    pub consumer: BTreeMap<String, Secret>,
     /// librdkafka properties for the producer only; they win over `properties`.
-    pub producer: BTreeMap<String, String>,
+    pub producer: BTreeMap<String, Secret>,
 }
 
 /// Topic names (CONTRACT sections 1 and 2).
@@ -42,6 +44,10 @@ pub struct Topics {
     pub attempts: String,
     pub decisions: String,
     pub dead_letters: String,
+    /// Every admin action, published before it takes effect (`crate::admin`).
+    pub audit: String,
+    /// Allowlist entries shared by every instance: compacted, keyed by entry.
+    pub allowlist: String,
 }
 
 impl Default for Topics {
@@ -50,6 +56,8 @@ impl Default for Topics {
             attempts: "kamiguard.attempts".into(),
             decisions: "kamiguard.decisions".into(),
             dead_letters: "kamiguard.attempts.dlq".into(),
+            audit: "kamiguard.audit".into(),
+            allowlist: "kamiguard.allowlist".into(),
         }
     }
 }
@@ -230,7 +238,7 @@ impl KafkaConfig {
         for (section, forced, own, why) in checks {
             for (key, value) in forced {
                 for (name, map) in [("properties", &self.properties), (section, own)] {
-                    if map.get(*key).is_some_and(|v| v != value) {
+                    if map.get(*key).is_some_and(|v| v.expose() != *value) {
                         return Err(KafkaConfigError::Forced {
                             section: if name == "properties" { "properties" } else { section },
                             key: key.to_string(),
@@ -262,7 +270,7 @@ impl KafkaConfig {
     fn client_config(
         &self,
         defaults: &[(&str, &str)],
-        own: &BTreeMap<String, String>,
+        own: &BTreeMap<String, Secret>,
         forced: &[(&str, &str)],
     ) -> ClientConfig {
         let mut c = ClientConfig::new();
@@ -271,7 +279,7 @@ impl KafkaConfig {
             c.set(*k, *v);
         }
         for (k, v) in self.properties.iter().chain(own) {
-            c.set(k, v);
+            c.set(k, v.expose());
         }
         for (k, v) in forced {
             c.set(*k, *v);

@@ -283,15 +283,19 @@ struct Pending {
     fallback: Option<Fallback>,
 }
 
-/// Creates the attempts, decisions and dead-letter topics if missing.
+/// Creates the attempts, decisions, dead-letter, audit and allowlist topics
+/// if missing. The allowlist is compacted: the latest record of each entry
+/// is the entry.
 pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), RunError> {
     let admin: AdminClient<DefaultClientContext> = kafka.admin_config().create()?;
     let t = &kafka.topics;
-    let names = [&t.attempts, &t.decisions, &t.dead_letters];
-    let topics: Vec<NewTopic<'_>> = names
+    let names = [&t.attempts, &t.decisions, &t.dead_letters, &t.audit];
+    let replication = || TopicReplication::Fixed(kafka.replication_factor);
+    let mut topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor)))
+        .map(|n| NewTopic::new(n, kafka.partitions, replication()))
         .collect();
+    topics.push(NewTopic::new(&t.allowlist, 1, replication()).set("cleanup.policy", "compact"));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&topics, &opts).await? {
         match result {
@@ -353,6 +357,8 @@ pub async fn run(
 
     // What is in force is what the decisions topic says (see `super::book`).
     let book = tokio::task::block_in_place(|| super::book::BookFollower::load(&kafka, &engine))?.0;
+    // So is the allowlist every instance shares (`crate::allowlist`).
+    let allowlist = tokio::task::block_in_place(|| super::book::AllowFollower::load(&kafka, &engine))?;
 
     let (tx, rx) = mpsc::channel::<Batch>(pipeline.in_flight_batches.max(1));
     let committer = tokio::spawn(commit_loop(
@@ -459,6 +465,7 @@ pub async fn run(
                 );
             }
             book.follow(&engine);
+            allowlist.follow(&engine);
             let now = Instant::now();
             let context = consumer.context();
             let caught_up = |slot: &Slot| {

@@ -348,11 +348,19 @@ impl<V: LastSeen> KeyedStore<V> {
 
     /// Drops every key last touched at or before `horizon_ms`.
     pub fn evict_idle(&self, horizon_ms: i64) -> usize {
+        self.evict_idle_each(horizon_ms, |_| {})
+    }
+
+    /// As [`KeyedStore::evict_idle`], showing `gone` each value it drops.
+    pub fn evict_idle_each(&self, horizon_ms: i64, mut gone: impl FnMut(&V)) -> usize {
         // Counted as removed, not as a difference of lengths: other threads
         // may insert into the shards not being walked.
         let mut removed = 0;
         self.map.retain(|_, v| {
             let keep = v.last_seen_ms() > horizon_ms;
+            if !keep {
+                gone(v);
+            }
             removed += usize::from(!keep);
             keep
         });

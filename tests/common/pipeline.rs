@@ -30,6 +30,8 @@ pub struct Setup {
     pub config: PathBuf,
     /// The HTTP endpoint's port: each test its own, since tests run at once.
     pub http_port: u16,
+    /// The admin API's port.
+    pub admin_port: u16,
 }
 
 pub fn setup(broker_port: u16, group: &str, partitions: i32) -> Setup {
@@ -43,6 +45,7 @@ pub fn setup_with(broker_port: u16, group: &str, partitions: i32, extra: &str) -
     let path = |p: &Option<PathBuf>| p.as_ref().expect("geo path").display().to_string();
     let config = dir.path().join("kamiguard.toml");
     let http_port = super::broker::free_port();
+    let admin_port = super::broker::free_port();
     std::fs::write(
         &config,
         format!(
@@ -64,6 +67,9 @@ batch_ms = 10
 rules_poll_secs = 0
 [http]
 listen = "127.0.0.1:{http_port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+audit_timeout_ms = 3000
 {extra}
 "#,
             rules = super::root().join("config/rules").display(),
@@ -74,7 +80,12 @@ listen = "127.0.0.1:{http_port}"
         ),
     )
     .expect("write config");
-    Setup { dir, config, http_port }
+    Setup {
+        dir,
+        config,
+        http_port,
+        admin_port,
+    }
 }
 
 impl Setup {
@@ -119,15 +130,16 @@ impl Processor {
         let config = setup.dir.path().join(format!("instance-{n}.toml"));
         std::fs::write(&config, text.replace(STATIC_MEMBER, "")).expect("instance config");
         let listen = format!("127.0.0.1:{}", super::broker::free_port());
+        let admin = format!("127.0.0.1:{}", super::broker::free_port());
         Processor::start_config(
             setup,
             &config,
             &format!("instance-{n}"),
-            &[("KAMIGUARD_HTTP_LISTEN", &listen)],
+            &[("KAMIGUARD_HTTP_LISTEN", &listen), ("KAMIGUARD_ADMIN_LISTEN", &admin)],
         )
     }
 
-    fn start_config(setup: &Setup, config: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Processor {
+    pub fn start_config(setup: &Setup, config: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Processor {
         let log = std::fs::File::create(setup.dir.path().join(format!("{name}.log"))).expect("log");
         let child = super::kamiguard()
             .args(["run", "--config"])

@@ -87,6 +87,33 @@ selector = docs["Service"]["spec"]["selector"]
 check(all(docs["Deployment"]["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()),
       "the Service selects the Deployment's pods")
 
+# The admin API must not leave the pod or host without TLS: the container
+# config keeps it on loopback, and no Service, published compose port,
+# container port or NetworkPolicy rule names its port.
+admin = container.get("admin", {})
+admin_listen = admin.get("listen", "127.0.0.1:9465")
+admin_port = int(admin_listen.rsplit(":", 1)[1])
+check(admin_listen.startswith("127.") or "tls_cert" in admin, "the container's admin API must stay on loopback or have TLS")
+for p in docs["Service"]["spec"]["ports"]:
+    check(p["port"] != admin_port and p.get("targetPort") not in (admin_port, "admin"),
+          f"the Service exposes the admin port: {p}")
+check(all(str(admin_port) not in str(p) for p in services["kamiguard"].get("ports", [])),
+      "compose publishes the admin port")
+check(all(p["containerPort"] != admin_port for p in c["ports"]), "the Deployment declares the admin port")
+check(f"EXPOSE {admin_port}" not in (deploy / "Dockerfile").read_text(), "the Dockerfile exposes the admin port")
+policy = docs.get("NetworkPolicy")
+check(policy is not None, "deploy/k8s needs a NetworkPolicy")
+if policy:
+    check("Ingress" in policy["spec"]["policyTypes"], "the NetworkPolicy restricts ingress")
+    allowed = [p["port"] for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])]
+    check(allowed and admin_port not in allowed and all(p == port for p in allowed),
+          f"the NetworkPolicy admits ports {allowed}; only {port}")
+    check(policy["spec"]["podSelector"]["matchLabels"] == docs["Deployment"]["spec"]["selector"]["matchLabels"],
+          "the NetworkPolicy selects kamiguard's pods")
+for e in c.get("env", []):
+    check("valueFrom" not in e or "secretKeyRef" not in e["valueFrom"] or e["name"].endswith("_FILE"),
+          f"{e['name']}: secrets are mounted as files")
+
 # Grafana provisioning points where compose mounts the dashboards.
 (provider,) = load_all(deploy / "grafana/provisioning/dashboards/kamiguard.yml")
 check(provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards",

@@ -1,4 +1,4 @@
-//! Step 6 of the flow: decisions (CONTRACT section 2). Deterministic ids, the
+//! Step 6 of the flow: decisions (docs/contract.md, "Decisions"). Deterministic ids, the
 //! book of active decisions that stops republishing, and expiry.
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -1,4 +1,4 @@
-//! Step 1 of the flow: the input contract (CONTRACT section 1).
+//! Step 1 of the flow: the input contract (docs/contract.md, "Attempt events").
 //!
 //! Bytes in, a validated [`Event`] out. A raw `card.code` is hashed with the
 //! configured key the moment it is read and never stored; errors name the field

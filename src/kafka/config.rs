@@ -37,7 +37,7 @@ pub struct KafkaConfig {
     pub producer: BTreeMap<String, Secret>,
 }
 
-/// Topic names (CONTRACT sections 1 and 2).
+/// Topic names (docs/contract.md, "Topics").
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Topics {

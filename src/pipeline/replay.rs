@@ -1,4 +1,4 @@
-//! `kamiguard replay` (CONTRACT section 3): a JSON-lines file of attempts in,
+//! `kamiguard replay` (README, "Replay"): a JSON-lines file of attempts in,
 //! decisions out, through exactly the engine the live pipeline uses.
 //!
 //! The engine sees events in event-time order (ties keep file order), so the

@@ -30,6 +30,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # kcat, an outside client of the demo's mock cluster (the README says it attaches).
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+# curl, the TLS client of the admin API test.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # systemd-analyze, to verify deploy/systemd/kamiguard.service.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do
@@ -53,15 +55,6 @@ else
     say "installing tansu ${TANSU_VERSION} (takes about 12 minutes)"
     cargo install tansu --version "${TANSU_VERSION}" --locked --features dynostore,libsql
 fi
-
-# cargo-deny (dependency hygiene) and cargo-fuzz (the fuzz targets in fuzz/).
-for tool in "cargo-deny 0.20.2 deny" "cargo-fuzz 0.13.2 fuzz"; do
-    set -- ${tool}
-    if ! cargo "$3" --version 2>/dev/null | grep -q "$2"; then
-        say "installing $1 $2"
-        cargo install "$1" --version "$2" --locked
-    fi
-done
 
 # The outside client for the interoperability test: kafka-python, an
 # independent pure-Python implementation of the protocol, in a venv of ours.

@@ -72,6 +72,11 @@ enum Command {
         /// Events per second of event time.
         #[arg(long, default_value_t = 1000)]
         rate: u64,
+        /// Also write made-up geo databases matching the traffic's
+        /// addresses into this folder, with a `kamiguard.toml` naming them,
+        /// so the shipped geo rules can run (`--config DIR/kamiguard.toml`).
+        #[arg(long)]
+        geo: Option<PathBuf>,
     },
     /// Consume attempts from Kafka, publish decisions and dead letters (the live service).
     Run {
@@ -221,11 +226,22 @@ fn main() -> ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
+        // A reader that went away (`| head`, `| tee` stopped with Ctrl-C)
+        // ends the output, as it does for every Unix tool; nothing failed.
+        Err(e) if reader_left(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kamiguard: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has closed it.
+fn reader_left(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -256,10 +272,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match scale {
                 Some(n) => {
                     for point in runtime.block_on(kamiguard::bench::scale(&options, n.max(1), partitions))? {
-                        println!("{}", point.render());
+                        writeln!(std::io::stdout(), "{}", point.render())?;
                     }
                 }
-                None => print!("{}", runtime.block_on(kamiguard::bench::bench(options))?.render()),
+                None => write!(
+                    std::io::stdout(),
+                    "{}",
+                    runtime.block_on(kamiguard::bench::bench(options))?.render()
+                )?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -271,12 +291,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rules,
             metrics,
         } => demo_command(events, rate, seed, partitions, rules, metrics),
-        Command::Generate { events, seed, rate } => {
+        Command::Generate {
+            events,
+            seed,
+            rate,
+            geo,
+        } => {
+            if let Some(dir) = &geo {
+                write_geo(dir)?;
+            }
             let text = kamiguard::pipeline::generate::generate(events, seed, rate);
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The generator's made-up geo databases in `dir`, and a config naming
+/// them (paths relative to it; rules from the default place).
+fn write_geo(dir: &Path) -> anyhow::Result<()> {
+    kamiguard::demo::geo::write_geo_fixtures(dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    let config = dir.join("kamiguard.toml");
+    std::fs::write(
+        &config,
+        "# Made-up geo databases matching `kamiguard generate`'s addresses (not MaxMind's data).\n\
+         [geo]\ncity = \"city.mmdb\"\nasn = \"asn.mmdb\"\nanonymous = \"anonymous.mmdb\"\n",
+    )
+    .with_context(|| format!("cannot write {}", config.display()))?;
+    eprintln!(
+        "geo databases in {}; use them with --config {}",
+        dir.display(),
+        config.display()
+    );
+    Ok(())
 }
 
 fn replay_command(
@@ -529,31 +576,38 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     match load_rules(path, available) {
         Ok(set) => {
             for r in &set.rules {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{:<32} {:<10} {:<9} {}  per {}",
                     r.id,
                     r.action.as_str(),
                     r.mode.as_str(),
                     r.version,
                     r.home.as_str()
-                );
+                )?;
             }
             for id in &set.disabled {
-                println!("{id:<32} (disabled)");
+                writeln!(std::io::stdout(), "{id:<32} (disabled)")?;
             }
-            println!("{} rules ok, rule set version {}", set.rules.len(), set.version);
+            writeln!(
+                std::io::stdout(),
+                "{} rules ok, rule set version {}",
+                set.rules.len(),
+                set.version
+            )?;
             for caveat in set.split_caveats() {
-                println!("note: split across instances, {caveat}");
+                writeln!(std::io::stdout(), "note: split across instances, {caveat}")?;
             }
             if !common.geo_given() {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them"
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
-            println!("{errors}");
+            writeln!(std::io::stdout(), "{errors}")?;
             eprintln!("{} error(s)", errors.0.len());
             Ok(ExitCode::FAILURE)
         }
@@ -576,14 +630,14 @@ fn test_rules(dir: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     let (mut passed, mut failed) = (0, 0);
     for d in &dirs {
         let report = run_scenario(d, default_rules.as_ref(), &geo, &config.engine, &hasher);
-        print!("{}", report.render());
+        write!(std::io::stdout(), "{}", report.render())?;
         if report.passed() {
             passed += 1;
         } else {
             failed += 1;
         }
     }
-    println!("{passed} passed, {failed} failed");
+    writeln!(std::io::stdout(), "{passed} passed, {failed} failed")?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

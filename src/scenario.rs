@@ -45,7 +45,8 @@ impl ScenarioReport {
     /// produced but not expected.
     pub fn render(&self) -> String {
         if self.passed() {
-            return format!("ok   {} ({} decisions)\n", self.name, self.decisions);
+            let noun = if self.decisions == 1 { "decision" } else { "decisions" };
+            return format!("ok   {} ({} {noun})\n", self.name, self.decisions);
         }
         let mut s = format!("FAIL {}\n", self.name);
         for e in &self.errors {

@@ -485,3 +485,95 @@ fn replay_applies_an_allowlist_dump_and_its_expiry_on_event_time() {
     assert!(!ok);
     assert!(err.contains("allowlist.jsonl:2: `value` must be a CIDR"), "{err}");
 }
+
+/// The output end of a pipe closed by its reader (`| head`, `| tee` stopped
+/// with Ctrl-C) ends the output: exit 0, no panic, no "Broken pipe".
+#[test]
+fn a_reader_that_closes_the_pipe_is_a_normal_end() {
+    use std::process::Stdio;
+    let (_dir, config, _) = common::fixture_geo();
+    let geo = geo_args(&config);
+    let events = common::root().join("tests/scenarios/single-ip-guessing/events.jsonl");
+    let closed = |cmd: &mut std::process::Command| {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{err}");
+    };
+    closed(
+        kamiguard()
+            .current_dir(common::root())
+            .arg("replay")
+            .arg(&events)
+            .args(&geo),
+    );
+    closed(
+        kamiguard()
+            .current_dir(common::root())
+            .args(["check-rules", "config/rules"]),
+    );
+    closed(
+        kamiguard()
+            .current_dir(common::root())
+            .args(["test-rules", "tests/scenarios"])
+            .args(&geo),
+    );
+
+    // The demo into a pipe whose reader stops after its first lines, as
+    // `kamiguard demo | head -3` does.
+    let mut child = kamiguard()
+        .args(["demo", "--rate", "5000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start demo");
+    {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        for _ in 0..3 {
+            lines.next().expect("a line").expect("utf-8");
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo kept running after its reader left");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{err}");
+}
+
+/// Without a terminal the demo prints a plain line every few seconds.
+#[test]
+fn the_demo_without_a_terminal_prints_plain_summary_lines() {
+    let child = kamiguard()
+        .args(["demo", "--rate", "2000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start demo");
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout.lines().filter(|l| l.starts_with("attempts ")).count();
+    // Two periodic lines in 12 s, and the last summary.
+    assert!(lines >= 3, "{stdout}");
+    assert!(!stdout.contains('\x1b'), "no terminal codes into a pipe: {stdout:?}");
+}

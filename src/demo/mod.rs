@@ -149,6 +149,11 @@ pub async fn demo(
         Some(k) => CodeHasher::with_key(k.as_bytes()),
         None => CodeHasher::with_key(DEMO_CODE_KEY.as_bytes()),
     };
+    if redraw {
+        // The table is redrawn below the banner from a fixed row: start on
+        // a clear screen so that row is below the banner, not over it.
+        write!(screen, "\x1b[2J\x1b[H").map_err(DemoError::Io)?;
+    }
     writeln!(
         screen,
         "kamiguard demo: mock Kafka cluster at {bootstrap}, {} rules\n\
@@ -196,7 +201,7 @@ pub async fn demo(
         shutdown.clone(),
     ));
 
-    let watcher = async {
+    let watch = async {
         let tally_consumer = decisions_reader(&kafka)?;
         let mut tally = Tally::default();
         let mut ticks = tokio::time::interval(Duration::from_millis(250));
@@ -213,13 +218,23 @@ pub async fn demo(
                 && tally.total() >= stats.decisions.load(Ordering::Relaxed);
             if redraw && n % 4 == 0 && !done {
                 draw(screen, &tally, &stats, redraw).map_err(DemoError::Io)?;
+            } else if !redraw && n % 20 == 0 && !done {
+                // Not a terminal (a pipe, a log file): a plain line every 5 s.
+                writeln!(screen, "{}", summary_line(&tally, &stats)).map_err(DemoError::Io)?;
+                screen.flush().map_err(DemoError::Io)?;
             }
             if done {
                 break;
             }
         }
-        let _ = stop_tx.send(true);
         Ok::<Tally, DemoError>(tally)
+    };
+    // However the watching ends (done, Ctrl-C, a reader that closed the
+    // pipe), the pipeline is told to stop.
+    let watcher = async {
+        let tally = watch.await;
+        let _ = stop_tx.send(true);
+        tally
     };
     let (ran, tally) = tokio::join!(pipeline, watcher);
     generator.abort();
@@ -304,18 +319,27 @@ fn read_decisions(consumer: &BaseConsumer, tally: &mut Tally) {
     }
 }
 
+fn summary_line(tally: &Tally, stats: &RunStats) -> String {
+    format!(
+        "attempts {}  dead letters {}  decisions {}  rules fired {}",
+        stats.events.load(Ordering::Relaxed),
+        stats.dead_letters.load(Ordering::Relaxed),
+        tally.total(),
+        tally
+            .0
+            .keys()
+            .map(|(rule, _, _)| rule)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    )
+}
+
 fn draw(screen: &mut impl Write, tally: &Tally, stats: &RunStats, redraw: bool) -> std::io::Result<()> {
     if redraw {
         // Clear the screen below the banner and move home.
         write!(screen, "\x1b[5;1H\x1b[J")?;
     }
-    writeln!(
-        screen,
-        "\nattempts {}  dead letters {}  decisions {}",
-        stats.events.load(Ordering::Relaxed),
-        stats.dead_letters.load(Ordering::Relaxed),
-        tally.total()
-    )?;
+    writeln!(screen, "\n{}", summary_line(tally, stats))?;
     writeln!(screen, "{:<28} {:<10} {:<8} {:>7}", "rule", "action", "mode", "count")?;
     for ((rule, action, mode), n) in &tally.0 {
         writeln!(screen, "{rule:<28} {action:<10} {mode:<8} {n:>7}")?;

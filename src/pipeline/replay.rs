@@ -86,7 +86,11 @@ impl ReplaySummary {
                 self.late
             ));
         }
-        s.push_str(&format!("{} decisions\n", self.decisions_total()));
+        let total = self.decisions_total();
+        s.push_str(&format!(
+            "{total} {}\n",
+            if total == 1 { "decision" } else { "decisions" }
+        ));
         for ((rule, action), n) in &self.decisions {
             s.push_str(&format!("  {rule} {action}: {n}\n"));
         }

@@ -31,6 +31,15 @@ fn json(r: &Record) -> Value {
     serde_json::from_slice(&r.payload).unwrap_or_default()
 }
 
+/// Whether `GET /admin/decisions` answered `body` lists a decision on `subject`.
+fn in_force(body: &Value, subject: &str) -> bool {
+    body["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .any(|d| d["subject"] == subject)
+}
+
 /// Polls `f` until it holds or 30 s pass.
 fn eventually(what: &str, setup: &Setup, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -134,14 +143,7 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
         "the release reaches the decisions topic"
     );
     let (_, body) = http(admin, "GET", "/admin/decisions", Some(TOKEN), None);
-    assert!(
-        !body["decisions"]
-            .as_array()
-            .expect("decisions")
-            .iter()
-            .any(|d| d["subject"] == "u-new-1"),
-        "released: {body}"
-    );
+    assert!(!in_force(&body, "u-new-1"), "released: {body}");
 
     // A second instance that never saw the challenge or the release, with
     // its admin API over TLS.
@@ -206,11 +208,7 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
     });
     let body = curl("/admin/decisions", &[]);
     assert!(
-        !body["decisions"]
-            .as_array()
-            .expect("decisions")
-            .iter()
-            .any(|d| d["subject"] == "u-new-1"),
+        !in_force(&body, "u-new-1"),
         "the release reached an instance that never saw the decision: {body}"
     );
 

@@ -190,7 +190,7 @@ pub struct KeyedStore<V> {
 /// [`KeyedStore::prefetch`] without
 /// the shard's lock: two plain loads where a shared lock takes two locked
 /// instructions, which measured a tenth of the engine's time (BENCHMARKS.md,
-/// Session 7). A prefetch that reads a layout a concurrent insert is
+/// "fewer locks and instructions per attempt"). A prefetch that reads a layout a concurrent insert is
 /// replacing (the old one, or half of each) hints at lines that are not the
 /// table's: a wasted hint, never a read.
 #[derive(Debug, Default)]
@@ -396,7 +396,7 @@ impl<V: LastSeen> KeyedStore<V> {
 /// most four cache lines: a lookup usually finds its key there, and an
 /// insert takes the first free slot of the group, often one of those. Fewer
 /// (two slots) or more (eight, or four without the cap) measured slower on
-/// the million (BENCHMARKS.md, Session 6). Only computes addresses and hints
+/// the million (BENCHMARKS.md, "prepared attempts"). Only computes addresses and hints
 /// them: never reads through them.
 fn prefetch_probe_at(end: *const u8, buckets: usize, slot: usize, hash: u64) {
     let start = (hash as usize) & (buckets - 1);

@@ -345,8 +345,11 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        config.apply_env(|k| std::env::var(k).ok())?;
+        // The file's secrets first: those the environment gives
+        // (`KAMIGUARD_CODE_KEY`, `…_FILE`) arrive read, and a `_FILE` path is
+        // the process's, not relative to this file.
         config.resolve_secrets(path, &|k| std::env::var(k).ok())?;
+        config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
     }
 

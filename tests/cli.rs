@@ -577,3 +577,47 @@ fn the_demo_without_a_terminal_prints_plain_summary_lines() {
     assert!(lines >= 3, "{stdout}");
     assert!(!stdout.contains('\x1b'), "no terminal codes into a pipe: {stdout:?}");
 }
+
+/// `KAMIGUARD_CODE_KEY_FILE` is a path of the process (relative to where it
+/// runs), also with a config file in another folder: the key is read once,
+/// from there, and used.
+#[test]
+fn a_code_key_file_from_the_environment_is_read_where_the_process_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir(&etc).expect("etc");
+    std::fs::write(
+        etc.join("kamiguard.toml"),
+        format!(
+            "rules = \"{}\"\n",
+            common::root().join("config/rules/10-guessing.toml").display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(tmp.path().join("code-key"), "test-key\n").expect("key");
+    let events = tmp.path().join("raw.jsonl");
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "{{\"event_id\":\"r-{i}\",\"ts\":\"2026-11-22T10:00:0{i}+08:00\",\"kind\":\"redemption\",\"outcome\":\"wrong_pin\",\"card\":{{\"code\":\"KAMI-SECRET-7788\"}},\"account\":{{\"id\":\"u-raw-{i}\"}}}}\n"
+        ));
+    }
+    std::fs::write(&events, text).expect("write");
+    let out = kamiguard()
+        .current_dir(tmp.path())
+        .env_remove("KAMIGUARD_CODE_KEY")
+        .env("KAMIGUARD_CODE_KEY_FILE", "code-key")
+        .args(["replay", "raw.jsonl", "--config", "etc/kamiguard.toml"])
+        .output()
+        .expect("replay");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("code-shared-by-accounts"),
+        "hashed with the key: {stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("no_code_key"), "{stderr}");
+}

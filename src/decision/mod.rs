@@ -98,6 +98,11 @@ struct Published {
 }
 
 impl Active {
+    /// Whether it is in force at event time `now_ms`: not a release, not lapsed.
+    pub fn in_force(&self, now_ms: i64) -> bool {
+        self.until_ms > now_ms && self.action != Action::Release
+    }
+
     /// A decision as published (the contract's JSON), as the book keeps it:
     /// a `release` lapses at its own event time. `None` for anything that is
     /// not a decision.
@@ -162,8 +167,8 @@ impl DecisionBook {
 
     fn add(&self, scope: KeyName, delta: i64) {
         if delta != 0 {
-            let at = KeyName::ALL.iter().position(|k| *k == scope).unwrap_or(0);
-            self.counts[at].fetch_add(delta, Ordering::Relaxed);
+            // `KeyName::ALL` is in declaration order: the discriminant is the index.
+            self.counts[scope as usize].fetch_add(delta, Ordering::Relaxed);
         }
     }
 
@@ -220,7 +225,7 @@ impl DecisionBook {
     /// The decision in force on a subject at `now_ms`, if any.
     pub fn in_force_on(&self, scope: KeyName, subject: &str, mode: Mode, now_ms: i64) -> Option<Active> {
         self.active.read(Self::key(scope, subject, mode), i64::MIN, |a| {
-            (a.until_ms > now_ms && a.action != Action::Release).then(|| a.clone())
+            a.in_force(now_ms).then(|| a.clone())
         })?
     }
 
@@ -248,7 +253,7 @@ impl DecisionBook {
     pub fn in_force(&self, now_ms: i64) -> Vec<Active> {
         let mut all = Vec::new();
         self.active.for_each(|a| {
-            if a.until_ms > now_ms && a.action != Action::Release {
+            if a.in_force(now_ms) {
                 all.push(a.clone());
             }
         });
@@ -269,11 +274,7 @@ impl DecisionBook {
     /// the last sweep (at most `engine.sweep_every_secs` of event time).
     /// Kept as the book changes; reading it walks nothing.
     pub fn counts_by_scope(&self) -> [(KeyName, i64); KeyName::ALL.len()] {
-        let mut at = 0;
-        KeyName::ALL.map(|k| {
-            at += 1;
-            (k, self.counts[at - 1].load(Ordering::Relaxed))
-        })
+        KeyName::ALL.map(|k| (k, self.counts[k as usize].load(Ordering::Relaxed)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -314,6 +315,52 @@ mod tests {
             !book.admit(subject, &day, Action::Block, 86_400_000, 10),
             "neither stronger nor later"
         );
+    }
+
+    /// The counts the metrics read follow the book through admits,
+    /// re-admits, a release read from the topic and the sweep.
+    #[test]
+    fn counts_by_scope_follow_the_book_as_it_changes() {
+        let book = DecisionBook::new(StateBudget::new(100));
+        let rule: Arc<str> = Arc::from("r");
+        // Event times of 2026, as the topic carries them.
+        let t = |ms: i64| 1_795_000_000_000 + ms;
+        let count = |scope| {
+            book.counts_by_scope()
+                .iter()
+                .find(|(k, _)| *k == scope)
+                .map(|(_, n)| *n)
+        };
+        for ip in ["10.0.0.1", "10.0.0.2"] {
+            assert!(book.admit((KeyName::Ip, ip, Mode::Enforce), &rule, Action::Block, t(1_000), t(0)));
+        }
+        assert!(book.admit(
+            (KeyName::Account, "u-1", Mode::Shadow),
+            &rule,
+            Action::Review,
+            t(5_000),
+            t(0)
+        ));
+        // Another rule's longer block replaces the entry: no new count.
+        let other: Arc<str> = Arc::from("other");
+        assert!(book.admit(
+            (KeyName::Ip, "10.0.0.1", Mode::Enforce),
+            &other,
+            Action::Block,
+            t(2_000),
+            t(10)
+        ));
+        assert_eq!((count(KeyName::Ip), count(KeyName::Account)), (Some(2), Some(1)));
+        let release = format!(
+            r#"{{"scope":"ip","subject":"10.0.0.2","action":"release","event_ts":"{}","until":null,"rule":"admin"}}"#,
+            crate::event::format_ts(t(500))
+        );
+        book.apply(Active::from_published(release.as_bytes()).expect("a decision"));
+        assert_eq!(count(KeyName::Ip), Some(1), "a release lifts the count");
+        book.expire(t(3_000));
+        assert_eq!((count(KeyName::Ip), count(KeyName::Account)), (Some(0), Some(1)));
+        book.expire(t(6_000));
+        assert!(book.counts_by_scope().iter().all(|(_, n)| *n == 0));
     }
 
     #[test]

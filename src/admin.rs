@@ -209,6 +209,39 @@ impl Admin {
         }
     }
 
+    /// Serves the routes on `config.listen` (with TLS when configured)
+    /// until `shutdown`, within `crate::http::Limits`. Returns the bound
+    /// address.
+    pub async fn serve(
+        self: &Arc<Self>,
+        config: &AdminConfig,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<SocketAddr, String> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (admin.listen): {e}", config.listen))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(
+            %bound,
+            tls = tls.is_some(),
+            tokens = self.tokens.len(),
+            "admin API listening"
+        );
+        tokio::spawn(crate::http::serve(
+            listener,
+            self.router(),
+            tls,
+            crate::http::Limits::default(),
+            "admin",
+            shutdown,
+        ));
+        Ok(bound)
+    }
+
     /// The `/admin/…` routes.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()

@@ -97,25 +97,29 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let header = Duration::from_secs(limits.header_secs);
-            let service = TowerToHyperService::new(app);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header);
-            let lifetime = Duration::from_secs(limits.connection_secs);
             match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(lifetime, conn).await;
-                }
+                None => serve_one(stream, app, limits).await,
                 Some(tls) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(header, tls.accept(stream)).await else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(lifetime, conn).await;
+                    if let Ok(Ok(stream)) = tokio::time::timeout(header, tls.accept(stream)).await {
+                        serve_one(stream, app, limits).await;
+                    }
                 }
             }
         });
     }
+}
+
+/// One connection, plain or TLS, within the head and lifetime limits.
+async fn serve_one<S>(stream: S, app: Router, limits: Limits)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_secs));
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let _ = tokio::time::timeout(Duration::from_secs(limits.connection_secs), conn).await;
 }
 
 #[cfg(test)]

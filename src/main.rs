@@ -456,30 +456,9 @@ fn run_command(common: &Common) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     }
     if let Some(admin) = &admin {
-        let a = &config.admin;
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(kamiguard::http::tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?)
-            }
-            _ => None,
-        };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(a.listen))
-            .with_context(|| format!("cannot listen on {} (admin.listen)", a.listen))?;
-        tracing::info!(
-            bound = %listener.local_addr()?,
-            tls = tls.is_some(),
-            tokens = a.tokens.len(),
-            "admin API listening"
-        );
-        runtime.spawn(kamiguard::http::serve(
-            listener,
-            admin.router(),
-            tls,
-            kamiguard::http::Limits::default(),
-            "admin",
-            shutdown.clone(),
-        ));
+        runtime
+            .block_on(admin.serve(&config.admin, shutdown.clone()))
+            .map_err(|e| anyhow::anyhow!("admin API: {e}"))?;
     }
     let settings = kamiguard::kafka::Settings {
         kafka: config.kafka,
@@ -573,11 +552,12 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
             anonymous: true,
         }
     };
+    let mut out = std::io::stdout().lock();
     match load_rules(path, available) {
         Ok(set) => {
             for r in &set.rules {
                 writeln!(
-                    std::io::stdout(),
+                    out,
                     "{:<32} {:<10} {:<9} {}  per {}",
                     r.id,
                     r.action.as_str(),
@@ -587,27 +567,22 @@ fn check_rules(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
                 )?;
             }
             for id in &set.disabled {
-                writeln!(std::io::stdout(), "{id:<32} (disabled)")?;
+                writeln!(out, "{id:<32} (disabled)")?;
             }
-            writeln!(
-                std::io::stdout(),
-                "{} rules ok, rule set version {}",
-                set.rules.len(),
-                set.version
-            )?;
+            writeln!(out, "{} rules ok, rule set version {}", set.rules.len(), set.version)?;
             for caveat in set.split_caveats() {
-                writeln!(std::io::stdout(), "note: split across instances, {caveat}")?;
+                writeln!(out, "note: split across instances, {caveat}")?;
             }
             if !common.geo_given() {
                 writeln!(
-                    std::io::stdout(),
+                    out,
                     "note: geo databases were not checked; pass --config or --city/--asn/--anonymous to check them"
                 )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
-            writeln!(std::io::stdout(), "{errors}")?;
+            writeln!(out, "{errors}")?;
             eprintln!("{} error(s)", errors.0.len());
             Ok(ExitCode::FAILURE)
         }
@@ -627,17 +602,18 @@ fn test_rules(dir: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     if dirs.is_empty() {
         bail!("no scenario folders (with events.jsonl) under {}", dir.display());
     }
+    let mut out = std::io::stdout().lock();
     let (mut passed, mut failed) = (0, 0);
     for d in &dirs {
         let report = run_scenario(d, default_rules.as_ref(), &geo, &config.engine, &hasher);
-        write!(std::io::stdout(), "{}", report.render())?;
+        write!(out, "{}", report.render())?;
         if report.passed() {
             passed += 1;
         } else {
             failed += 1;
         }
     }
-    writeln!(std::io::stdout(), "{passed} passed, {failed} failed")?;
+    writeln!(out, "{passed} passed, {failed} failed")?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

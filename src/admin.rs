@@ -313,6 +313,13 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
+/// A body that is not the request asked for, with axum's own status: 413
+/// past the body limit, 400 for bad JSON, 422 for a missing, unknown or
+/// repeated field, 415 without a JSON content type.
+fn rejected(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(e.status(), e.body_text())
+}
+
 /// The required reason: what the trail says of why.
 fn reason(text: &str) -> Result<String, ApiError> {
     let text = text.trim();
@@ -373,7 +380,7 @@ type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 async fn release(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Body<ReleaseRequest>) -> Reply {
     let actor = admin.authorized(&headers)?;
-    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    let Json(req) = body.map_err(rejected)?;
     let why = reason(&req.reason)?;
     if req.subject.is_empty() || req.subject.len() > 256 {
         return Err(bad("`subject` must be 1 to 256 bytes"));
@@ -430,7 +437,7 @@ async fn allow_remove(State(admin): State<Arc<Admin>>, headers: HeaderMap, body:
 
 async fn change_allowlist(admin: &Admin, headers: &HeaderMap, body: Body<EntryRequest>, add: bool) -> Reply {
     let actor = admin.authorized(headers)?;
-    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    let Json(req) = body.map_err(rejected)?;
     let why = reason(&req.reason)?;
     if !add && req.expires.is_some() {
         return Err(bad("`expires` belongs to an entry being added"));

@@ -224,6 +224,33 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
         Some(r#"{"kind":"cidr","value":"nope","reason":"typo"}"#),
     );
     assert_eq!((status, body["error"].is_string()), (400, true));
+    // What a careless or hostile caller sends is refused, never half-taken.
+    let padded = format!(
+        r#"{{"kind":"account","value":"u-pad","reason":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    for (body, want) in [
+        (padded.as_str(), 413),
+        (
+            r#"{"kind":"account","value":"u-x","reason":"r","by":"someone-else"}"#,
+            422,
+        ),
+        (r#"{"kind":"account","value":"u-x","value":"u-y","reason":"r"}"#, 422),
+        (r#"{"kind":"account","value":"u-x","reason":"   "}"#, 400),
+        ("not json", 400),
+    ] {
+        let (status, _) = http(admin, "POST", "/admin/allowlist", Some(TOKEN), Some(body));
+        assert_eq!(status, want, "{}", &body[..body.len().min(80)]);
+    }
+    let long_subject = format!(r#"{{"scope":"ip","subject":"{}","reason":"r"}}"#, "1".repeat(300));
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/admin/decisions/release",
+        Some(TOKEN),
+        Some(&long_subject),
+    );
+    assert_eq!(status, 400);
     eventually("the entry reaches the other instance", &setup, || {
         curl("/admin/allowlist", &[])["entries"]
             .as_array()
@@ -257,6 +284,16 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
     assert_eq!(run.sigterm().code(), Some(0));
 
     // After a restart the entry is still there: the topic is the record.
+    // Records no admin API wrote (bytes that are not JSON, an unknown kind)
+    // are skipped with a warning and change nothing else.
+    broker.produce(
+        "kamiguard.allowlist",
+        &[
+            b"\xff\xfe not json".to_vec(),
+            br#"{"kind":"phone","value":"1"}"#.to_vec(),
+        ],
+        true,
+    );
     let run = Processor::start_with(&setup, "run-3", &env);
     common::wait_listening(admin, "the admin API");
     eventually("the allowlist survives a restart", &setup, || {
@@ -265,6 +302,9 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
             .as_array()
             .is_some_and(|e| e.iter().any(|e| e["value"] == "u-vip"))
     });
+
+    let log = std::fs::read_to_string(setup.dir.path().join("run-3.log")).unwrap_or_default();
+    assert_eq!(log.matches("allowlist record skipped").count(), 2, "{log}");
 
     // Without a broker the audit record cannot be written: the call fails
     // and nothing changes.

@@ -35,6 +35,6 @@ fi
 # The README's prerequisite line, as root (no sudo on a bare system).
 line="$(grep -o 'sudo apt-get install -y [^`]*' "${root}/README.md" | head -1)"
 in_bare "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && ${line#sudo }" >/dev/null
-in_bare "${demo}" | tail -3
-in_bare "bash tests/walkthrough.sh" | tail -1
+in_bare "${demo}" 2>"${bare}/with.log" | tail -3
+in_bare "bash tests/walkthrough.sh" 2>"${bare}/walkthrough.log" | tail -1
 echo "bare-check: ok"

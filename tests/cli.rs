@@ -300,8 +300,11 @@ fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"rule\":\"corporate-bulk-review\""));
 }
 
+/// The demo's traffic has every attack of the pack mixed in: within its
+/// first 20,000 attempts (ten seconds at the default rate) every shipped
+/// rule fires.
 #[test]
-fn demo_runs_the_pipeline_on_the_mock_cluster_and_stops_by_itself() {
+fn demo_runs_the_pipeline_on_the_mock_cluster_and_every_shipped_rule_fires() {
     let out = kamiguard()
         .args(["demo", "--events", "20000", "--rate", "20000"])
         .env_remove("KAMIGUARD_CODE_KEY")
@@ -319,10 +322,20 @@ fn demo_runs_the_pipeline_on_the_mock_cluster_and_stops_by_itself() {
     );
     // One message in a thousand is malformed on purpose.
     assert!(stdout.contains("attempts 19980  dead letters 20"), "{stdout}");
-    for rule in ["device-farm", "hosting-or-anonymous", "new-account-high-value"] {
+    let all = kamiguard::enrich::GeoNeeds {
+        city: true,
+        asn: true,
+        anonymous: true,
+    };
+    let pack = kamiguard::rules::load_rules(&common::root().join("config/rules"), all).expect("the shipped pack");
+    assert_eq!(pack.rules.len(), 13);
+    // The final table: one row per (rule, action, mode) that fired.
+    let fired: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    for rule in &pack.rules {
         assert!(
-            stdout.contains(rule),
-            "{rule} should fire in the demo traffic: {stdout}"
+            fired.contains(&&*rule.id),
+            "{} should fire in the demo traffic:\n{stdout}",
+            rule.id
         );
     }
 }

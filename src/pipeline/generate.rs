@@ -35,7 +35,8 @@ impl SplitMix {
 const START_MS: i64 = 1_795_305_600_000;
 
 /// Writes `count` events as JSON lines, `rate_per_sec` events per second of
-/// event time. About 97% honest; the rest are the attacks of the rule pack.
+/// event time. About 96% honest; the rest are the attacks of the rule pack,
+/// each shaped to set off the rule that names it.
 pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
     let mut out = String::with_capacity(count as usize * 330);
     let mut traffic = Traffic::new(seed, START_MS, rate_per_sec);
@@ -54,6 +55,9 @@ pub struct Traffic {
     i: u64,
     start_ms: i64,
     step_ms: i64,
+    /// How many attempts each multi-step attack has made: its next step,
+    /// and which actor makes it.
+    seq: [u64; 7],
 }
 
 impl Traffic {
@@ -63,6 +67,7 @@ impl Traffic {
             i: 0,
             start_ms,
             step_ms: (1000 / rate_per_sec.max(1)).max(1) as i64,
+            seq: [0; 7],
         }
     }
 
@@ -75,7 +80,7 @@ impl Traffic {
     /// The next attempt, stamped `ts_ms` instead of the generator's clock
     /// (the benchmark stamps events with the wall clock as it sends them).
     pub fn next_line_at(&mut self, ts_ms: i64) -> String {
-        let (i, rng) = (self.i, &mut self.rng);
+        let (i, rng, seq) = (self.i, &mut self.rng, &mut self.seq);
         self.i += 1;
         let ts = crate::event::format_ts(ts_ms);
         // Fresh accounts are as old as they look from their own attempt,
@@ -83,9 +88,10 @@ impl Traffic {
         let created_hours_ago = |hours: i64| crate::event::format_ts(ts_ms - hours * 3_600_000);
         let roll = rng.below(1000);
         match roll {
-            // code guessing from a few bot addresses
+            // code guessing from a few bot addresses (three: each passes the
+            // guessing threshold within the demo's first ten seconds)
             0..=9 => {
-                let bot = rng.below(5);
+                let bot = rng.below(3);
                 let (acct, ip) = (format!("u-bot-{bot}"), format!("175.16.199.{}", 200 + bot));
                 attempt(
                     rng,
@@ -167,6 +173,131 @@ impl Traffic {
                     false,
                 )
             }
+            // The other attacks of the pack, one in a thousand each, so every
+            // rule fires within the demo's first minute. Each is a run of
+            // steps by one actor; `step` says which, `k` which actor.
+            30..=36 => {
+                let shape = (roll - 30) as usize;
+                let n = seq[shape];
+                seq[shape] += 1;
+                let old = "2024-06-01T00:00:00Z";
+                let x = Extra::default();
+                match shape {
+                    // a resold code: four accounts try one code
+                    0 => {
+                        let (k, step) = (n / 4, n % 4);
+                        let outcome = if step == 0 { "success" } else { "already_used" };
+                        let x = Extra {
+                            code: Some(format!("c0de5a1e{k:08x}")),
+                            ..x
+                        };
+                        // Each buyer on a line of their own, so their failed
+                        // tries never add up to an address that guesses.
+                        let (acct, dev) = (format!("u-resale-{n}"), format!("fp-resale-{n}"));
+                        let ip = format!("100.65.{}.{}", 200 + n % 50, n / 50 % 250);
+                        attempt_with(rng, i, &ts, outcome, &acct, &ip, &dev, 10000, old, true, &x)
+                    }
+                    // draining stolen balances: eight ¥3,000 cards an account
+                    1 => {
+                        let k = n / 8;
+                        let (acct, dev) = (format!("u-drain-{k}"), format!("fp-drain-{k}"));
+                        attempt(rng, i, &ts, "success", &acct, "175.16.199.61", &dev, 300_000, old, true)
+                    }
+                    // company benefit cards: six ¥5,000 custom cards an account
+                    2 => {
+                        let k = n / 6;
+                        let (acct, dev) = (format!("u-corp-{k}"), format!("fp-corp-{k}"));
+                        let x = Extra {
+                            card_type: "custom",
+                            ..x
+                        };
+                        attempt_with(
+                            rng,
+                            i,
+                            &ts,
+                            "success",
+                            &acct,
+                            "175.16.199.62",
+                            &dev,
+                            500_000,
+                            old,
+                            true,
+                            &x,
+                        )
+                    }
+                    // many small redemptions: fourteen an account
+                    3 => {
+                        let k = n / 14;
+                        let (acct, dev) = (format!("u-quota-{k}"), format!("fp-quota-{k}"));
+                        attempt(rng, i, &ts, "success", &acct, "175.16.199.63", &dev, 1000, old, true)
+                    }
+                    // a card activated by one account, redeemed by another
+                    4 => {
+                        let (k, step) = (n / 2, n % 2);
+                        let (kind, acct) = if step == 0 {
+                            ("activation", format!("u-seller-{k}"))
+                        } else {
+                            ("redemption", format!("u-buyer-{k}"))
+                        };
+                        let x = Extra {
+                            kind,
+                            code: Some(format!("7a5f{k:012x}")),
+                            ..x
+                        };
+                        let dev = format!("fp-{acct}");
+                        attempt_with(
+                            rng,
+                            i,
+                            &ts,
+                            "success",
+                            &acct,
+                            "175.16.199.64",
+                            &dev,
+                            20000,
+                            old,
+                            true,
+                            &x,
+                        )
+                    }
+                    // a takeover: the owner in Beijing, then a new device in
+                    // Guangzhou, 1,900 km away, redeeming ¥600
+                    5 => {
+                        let (k, step) = (n / 2, n % 2);
+                        let acct = format!("u-victim-{k}");
+                        let (ip, dev, face) = if step == 0 {
+                            ("175.16.199.65".to_string(), format!("fp-victim-{k}"), 10000)
+                        } else {
+                            (format!("100.64.200.{}", k % 250), format!("fp-thief-{k}"), 60_000)
+                        };
+                        attempt(rng, i, &ts, "success", &acct, &ip, &dev, face, old, true)
+                    }
+                    // an account of another country (US) with a new device,
+                    // redeeming ¥1,500 in Beijing
+                    _ => {
+                        let (k, step) = (n / 2, n % 2);
+                        let acct = format!("u-abroad-{k}");
+                        let (dev, face) = if step == 0 {
+                            (format!("fp-abroad-{k}"), 10000)
+                        } else {
+                            (format!("fp-abroad-new-{k}"), 150_000)
+                        };
+                        let x = Extra { country: "US", ..x };
+                        attempt_with(
+                            rng,
+                            i,
+                            &ts,
+                            "success",
+                            &acct,
+                            "175.16.199.66",
+                            &dev,
+                            face,
+                            old,
+                            true,
+                            &x,
+                        )
+                    }
+                }
+            }
             // honest traffic: many accounts behind carrier NAT and home lines
             _ => {
                 let n = rng.below(200_000);
@@ -196,6 +327,27 @@ impl Traffic {
     }
 }
 
+/// What some attacks set differently from an honest redemption.
+struct Extra {
+    kind: &'static str,
+    /// The code's hash, when several attempts share one card.
+    code: Option<String>,
+    card_type: &'static str,
+    /// The account's country.
+    country: &'static str,
+}
+
+impl Default for Extra {
+    fn default() -> Self {
+        Extra {
+            kind: "redemption",
+            code: None,
+            card_type: "e_card",
+            country: "CN",
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attempt(
     rng: &mut SplitMix,
@@ -209,11 +361,44 @@ fn attempt(
     created: &str,
     verified: bool,
 ) -> String {
-    let code = rng.next_u64();
+    attempt_with(
+        rng,
+        i,
+        ts,
+        outcome,
+        account,
+        ip,
+        device,
+        face,
+        created,
+        verified,
+        &Extra::default(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt_with(
+    rng: &mut SplitMix,
+    i: u64,
+    ts: &str,
+    outcome: &str,
+    account: &str,
+    ip: &str,
+    device: &str,
+    face: u64,
+    created: &str,
+    verified: bool,
+    x: &Extra,
+) -> String {
+    // Drawn whether used or not, so every attempt takes the same share of
+    // the sequence.
+    let random = format!("{:016x}", rng.next_u64());
+    let code = x.code.as_deref().unwrap_or(&random);
+    let (kind, card_type, country) = (x.kind, x.card_type, x.country);
     let mut s = String::with_capacity(360);
     let _ = write!(
         s,
-        r#"{{"event_id":"gen-{i:09}","ts":"{ts}","kind":"redemption","outcome":"{outcome}","card":{{"code_hash":"{code:016x}","brand":"xiaomi","type":"e_card","face_value":{face}}},"account":{{"id":"{account}","created_at":"{created}","verified":{verified},"country":"CN"}},"device":{{"fingerprint":"{device}","platform":"android"}},"ip":"{ip}","channel":"app"}}"#
+        r#"{{"event_id":"gen-{i:09}","ts":"{ts}","kind":"{kind}","outcome":"{outcome}","card":{{"code_hash":"{code}","brand":"xiaomi","type":"{card_type}","face_value":{face}}},"account":{{"id":"{account}","created_at":"{created}","verified":{verified},"country":"{country}"}},"device":{{"fingerprint":"{device}","platform":"android"}},"ip":"{ip}","channel":"app"}}"#
     );
     s
 }

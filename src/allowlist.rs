@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{format_ts, parse_ts_ms};
-use crate::state::key_of;
+use crate::key::key_of;
 
 /// What an entry exempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]

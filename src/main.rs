@@ -194,12 +194,12 @@ impl Common {
 }
 
 /// The code hasher from the environment or the config, with the process's
-/// state keys seeded from its key (`state::seed_keys`) before any rule set
+/// state keys seeded from its key (`key::seed_keys`) before any rule set
 /// is compiled. Without a key, keys keep the public seed.
 fn code_hasher(config: &Config) -> CodeHasher {
     let hasher = CodeHasher::from_key(config.code_key.as_ref().map(|k| k.expose()));
     if let Some(seed) = hasher.state_key_seed() {
-        kamiguard::state::seed_keys(seed);
+        kamiguard::key::seed_keys(seed);
     }
     hasher
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use kamiguard::engine::{Engine, EngineConfig};
 use kamiguard::enrich::GeoDatabases;
 use kamiguard::event::{parse, CodeHasher};
+use kamiguard::key::{key_of, seed_keys};
 use kamiguard::rules::compile_sources;
-use kamiguard::state::{key_of, seed_keys};
 
 #[test]
 fn a_secret_seed_changes_every_key_keeps_them_stable_and_the_decisions_the_same() {
-    let public = |v: &str| kamiguard::state::store::key_hasher().hash_one(v);
+    let public = |v: &str| kamiguard::key::key_hasher().hash_one(v);
     let values = ["fp-7a1c", "175.16.199.7", "u-88123", "2001:db8::1"];
     // Before seeding: the public seed.
     for v in values {

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::key::key_of;
 use crate::rules::{Action, KeyName, Mode};
-use crate::state::{key_of, KeyedStore, LastSeen, StateBudget};
+use crate::state::{KeyedStore, LastSeen, StateBudget};
 
 /// One decision, serialized in the contract's field order.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -387,9 +387,7 @@ impl GeoDatabases {
     /// on one record (corrupt data) is treated as "not known", never a panic.
     pub fn lookup(&self, ip: IpAddr, needs: GeoNeeds) -> GeoFacts {
         self.addresses
-            .get_or((ip, needs), crate::state::store::key_of(&ip), || {
-                self.look_up(ip, needs)
-            })
+            .get_or((ip, needs), crate::key::key_of(&ip), || self.look_up(ip, needs))
     }
 
     /// [`GeoDatabases::lookup`] without the kept addresses.

@@ -47,7 +47,7 @@ impl CodeHasher {
         self.digest(code.as_bytes()).ok_or(EventError::NoCodeKey)
     }
 
-    /// The secret seed of state keys ([`crate::state::seed_keys`]): derived
+    /// The secret seed of state keys ([`crate::key::seed_keys`]): derived
     /// from the code key, so every instance of a deployment, and a replay
     /// with the same key, hashes keys alike; `None` without a key.
     pub fn state_key_seed(&self) -> Option<[u64; 2]> {

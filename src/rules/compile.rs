@@ -13,10 +13,15 @@ use super::load::Located;
 use super::spec::{Action, Aggregate, FilterSpec, KeyName, Mode, RuleKind, RuleSpec};
 use crate::enrich::{GeoNeeds, NetworkFlags};
 use crate::event::Country;
-use crate::state::key_of;
+use crate::key::key_of;
+use crate::units::secs_to_ms;
 
-/// Longest window a rule may have: a week.
+/// Longest window (or quota period) a rule may have: a week.
 pub const MAX_WINDOW_SECS: u64 = 7 * 86_400;
+
+/// Highest threshold of a distinct count: a key keeps up to this many values
+/// (memory per key grows with it), so the engine's distinct sets are capped here.
+pub const MAX_DISTINCT_THRESHOLD: u64 = 10_000;
 
 /// A rule ready to run.
 #[derive(Debug, Clone)]
@@ -55,7 +60,7 @@ pub enum CompiledKind {
     Quota {
         group_by: KeyName,
         limit: NonZeroU32,
-        period_secs: u64,
+        period_ms: i64,
         burst: NonZeroU32,
     },
     Match,
@@ -241,15 +246,15 @@ pub(crate) fn compile_rule(
             // What a key's state can hold bounds the threshold.
             let bound = match aggregate {
                 Some(CompiledAggregate::Distinct(_)) => Some((
-                    10_000,
-                    "a distinct `threshold` must be at most 10000 (memory per key grows with it)".to_string(),
+                    MAX_DISTINCT_THRESHOLD,
+                    format!("a distinct `threshold` must be at most {MAX_DISTINCT_THRESHOLD} (memory per key grows with it)"),
                 )),
                 Some(CompiledAggregate::SumFaceValue) => Some((
                     u32::MAX as u64,
                     format!(
                         "a sum_face_value `threshold` must be at most {} fen ({})",
                         u32::MAX,
-                        crate::rules::filter::yuan(u32::MAX as u64)
+                        crate::units::yuan(u32::MAX as u64)
                     ),
                 )),
                 _ => None,
@@ -261,7 +266,7 @@ pub(crate) fn compile_rule(
             }
             match (group_by, aggregate, window, threshold) {
                 (Some(group_by), Some(aggregate), Some(window), Some(threshold)) => {
-                    let window_ms = window as i64 * 1000;
+                    let window_ms = secs_to_ms(window);
                     Some(CompiledKind::Threshold {
                         group_by,
                         aggregate,
@@ -304,10 +309,10 @@ pub(crate) fn compile_rule(
                 None => limit,
             };
             match (group_by, limit, period, burst) {
-                (Some(group_by), Some(limit), Some(period_secs), Some(burst)) => Some(CompiledKind::Quota {
+                (Some(group_by), Some(limit), Some(period), Some(burst)) => Some(CompiledKind::Quota {
                     group_by,
                     limit,
-                    period_secs,
+                    period_ms: secs_to_ms(period),
                     burst,
                 }),
                 _ => None,

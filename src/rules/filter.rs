@@ -4,6 +4,7 @@ use serde_json::{json, Map, Value};
 
 use crate::enrich::{GeoFacts, GeoNeeds};
 use crate::event::{CardType, Channel, Country, Event, Kind, Outcome, Platform, Variant};
+use crate::units::{human_ms, yuan};
 
 /// Facts derived once per attempt, shared by every rule.
 #[derive(Debug, Clone, Copy, Default)]
@@ -190,7 +191,7 @@ impl Filter {
             .account_age_ms
             .filter(|_| self.max_account_age_ms.is_some() || self.min_account_age_ms.is_some())
         {
-            said.push(format!("account {} old", human_secs(age / 1000)));
+            said.push(format!("account {} old", human_ms(age)));
             ev.insert("account_age_secs".into(), json!(age / 1000));
         }
         if self.verified == Some(false) {
@@ -394,43 +395,9 @@ pub fn country_mismatch(e: &Event, f: &Facts) -> Option<bool> {
     Some(f.geo.country? != e.account.country?)
 }
 
-/// Fen as yuan with the sign, e.g. `¥1,000.00`.
-pub fn yuan(fen: u64) -> String {
-    let whole = (fen / 100).to_string();
-    let mut grouped = String::new();
-    for (i, ch) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(ch);
-    }
-    format!("¥{grouped}.{:02}", fen % 100)
-}
-
-/// Seconds as the largest whole unit: `600` → `10m`, `86400` → `1d`.
-pub fn human_secs(secs: i64) -> String {
-    match secs {
-        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s >= 3_600 => format!("{:.1}h", s as f64 / 3_600.0),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money_and_time_read_naturally() {
-        assert_eq!(yuan(123_456_789), "¥1,234,567.89");
-        assert_eq!(yuan(5), "¥0.05");
-        assert_eq!(human_secs(600), "10m");
-        assert_eq!(human_secs(86_400), "1d");
-        assert_eq!(human_secs(7_200), "2h");
-        assert_eq!(human_secs(45), "45s");
-    }
 
     #[test]
     fn a_variant_s_bit_is_its_place_in_all() {

@@ -146,7 +146,7 @@ impl RuleSet {
             needs = needs.union(r.geo_needs);
             longest = longest.max(match r.kind {
                 super::CompiledKind::Threshold { window_ms, .. } => window_ms,
-                super::CompiledKind::Quota { period_secs, .. } => period_secs as i64 * 1000,
+                super::CompiledKind::Quota { period_ms, .. } => period_ms,
                 super::CompiledKind::Match => 0,
             });
         }

@@ -6,12 +6,14 @@
 //! ([`store`]). Nothing here reads the wall clock: time is the event time the
 //! engine passes in.
 
+pub mod clock;
 pub mod memory;
 pub mod quota;
 pub mod store;
 pub mod window;
 
+pub use clock::EventClock;
 pub use memory::{AccountMemory, CardMemory, Place, Recalled, SeenEvents};
-pub use quota::{EventClock, KeyedQuota};
-pub use store::{key_of, seed_keys, BudgetStats, CapHits, KeyedStore, LastSeen, StateBudget};
+pub use quota::KeyedQuota;
+pub use store::{BudgetStats, CapHits, KeyedStore, LastSeen, StateBudget};
 pub use window::{Cell, DistinctWindow, SlidingCount, SlidingSum, BUCKETS};

@@ -1,43 +1,16 @@
 //! Per-key GCRA quotas (governor) on event time, in a budgeted store.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
+use super::clock::EventClock;
 use super::store::{KeyedStore, LastSeen, StateBudget};
-
-/// A governor clock that reads event time, set by the engine from the events
-/// it processes. It only moves forward: quotas are judged at the newest event
-/// time seen, so a slightly late event is judged a little late, never early.
-#[derive(Debug, Clone, Default)]
-pub struct EventClock(Arc<AtomicU64>);
-
-impl EventClock {
-    /// Moves the clock to `ts_ms` if that is later than where it is.
-    pub fn advance_to(&self, ts_ms: i64) {
-        let nanos = (ts_ms.max(0) as u64).saturating_mul(1_000_000);
-        self.0.fetch_max(nanos, Ordering::AcqRel);
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        (self.0.load(Ordering::Acquire) / 1_000_000) as i64
-    }
-}
-
-impl Clock for EventClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.0.load(Ordering::Acquire))
-    }
-}
 
 /// governor's theoretical arrival time for one key, plus when it was last used.
 #[derive(Debug)]
@@ -108,26 +81,26 @@ impl std::fmt::Debug for KeyedQuota {
 }
 
 impl KeyedQuota {
-    /// `limit` and `burst` are at least 1 and `period_secs` at least 1 (the
-    /// rule compiler checks this), so the quota always exists. A key idle for
+    /// `limit` and `burst` are at least 1 and `period_ms` at least a second
+    /// (the rule compiler checks this), so the quota always exists. A key idle for
     /// a whole period has its quota whole again, as a key never seen; it is
     /// kept `lateness_ms` longer, as windows are, before it counts as gone.
     pub fn new(
         limit: NonZeroU32,
-        period_secs: u64,
+        period_ms: i64,
         burst: NonZeroU32,
         lateness_ms: i64,
         clock: EventClock,
         budget: Arc<StateBudget>,
         name: &str,
     ) -> KeyedQuota {
-        let period = Duration::from_secs(period_secs.max(1));
+        let period = Duration::from_millis(period_ms.max(1) as u64);
         let per_cell = period / limit.get();
         let quota = Quota::with_period(per_cell)
             .unwrap_or_else(|| Quota::per_second(limit))
             .allow_burst(burst);
         let store = Arc::new(KeyedStore::new(budget).named(name));
-        let idle_ms = (period_secs as i64).saturating_mul(1000).saturating_add(lateness_ms);
+        let idle_ms = period_ms.saturating_add(lateness_ms);
         let state = QuotaStore {
             store: store.clone(),
             clock: clock.clone(),
@@ -187,7 +160,7 @@ mod tests {
     fn allows_burst_then_refuses_until_time_moves() {
         let clock = EventClock::default();
         clock.advance_to(1_000_000);
-        let q = KeyedQuota::new(nz(3), 3600, nz(3), 0, clock.clone(), StateBudget::new(100), "q");
+        let q = KeyedQuota::new(nz(3), 3_600_000, nz(3), 0, clock.clone(), StateBudget::new(100), "q");
         assert!(q.check(7));
         assert!(q.check(7));
         assert!(q.check(7));
@@ -203,7 +176,7 @@ mod tests {
         let clock = EventClock::default();
         clock.advance_to(10_000);
         let budget = StateBudget::new(100);
-        let q = KeyedQuota::new(nz(2), 60, nz(2), 0, clock.clone(), budget.clone(), "q");
+        let q = KeyedQuota::new(nz(2), 60_000, nz(2), 0, clock.clone(), budget.clone(), "q");
         q.check(1);
         clock.advance_to(10_000 + 61_000);
         assert_eq!(q.evict_idle(clock.now_ms() - q.idle_ms()), 1);

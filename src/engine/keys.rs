@@ -1,0 +1,92 @@
+//! An attempt's keys (hashed once, shared by every rule) and the subject
+//! strings decisions name them by.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::Engine;
+use crate::event::Event;
+use crate::key::key_of;
+use crate::rules::{CompiledRule, Facts, KeyName};
+
+/// Key hashes of one attempt, computed once and shared by every rule.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Keys {
+    pub(super) card: u64,
+    pub(super) account: u64,
+    pub(super) device: Option<u64>,
+    pub(super) ip: Option<u64>,
+    pub(super) ip_prefix: Option<(u64, IpNet)>,
+    pub(super) asn: Option<u64>,
+}
+
+impl Keys {
+    pub(super) fn get(&self, k: KeyName) -> Option<u64> {
+        match k {
+            KeyName::Card => Some(self.card),
+            KeyName::Account => Some(self.account),
+            KeyName::Device => self.device,
+            KeyName::Ip => self.ip,
+            KeyName::IpPrefix => self.ip_prefix.map(|(h, _)| h),
+            KeyName::Asn => self.asn,
+        }
+    }
+}
+
+impl Engine {
+    /// The attempt's key hashes; `asn` is left for the caller, who knows
+    /// whether the geo lookup is needed, and `ip_prefix` is left out unless
+    /// `prefix` (a rule set that uses it).
+    pub(super) fn keys(&self, e: &Event, prefix: bool) -> Keys {
+        let ip_prefix = e.ip.filter(|_| prefix).map(|ip| {
+            let len = match ip {
+                IpAddr::V4(_) => self.config.ipv4_prefix_len,
+                IpAddr::V6(_) => self.config.ipv6_prefix_len,
+            };
+            let net = IpNet::new(ip, len)
+                .map(|n| n.trunc())
+                .unwrap_or_else(|_| IpNet::from(ip));
+            (key_of(&net), net)
+        });
+        Keys {
+            card: key_of(e.card.code_hash.as_ref()),
+            account: key_of(e.account.id.as_ref()),
+            device: e.device.fingerprint.as_deref().map(key_of),
+            ip: e.ip.map(|ip| key_of(&ip)),
+            ip_prefix,
+            asn: None,
+        }
+    }
+}
+
+/// What a rule counts by (`group_by`), in its decision's words: the
+/// decision's subject again when the rule decides on what it counts by.
+/// The key was counted, so it is present and so is its subject.
+pub(super) fn group_subject(
+    rule: &CompiledRule,
+    group_by: KeyName,
+    decided: &str,
+    e: &Event,
+    keys: &Keys,
+    facts: &Facts,
+) -> String {
+    if group_by == rule.scope {
+        decided.to_string()
+    } else {
+        subject(group_by, e, keys, facts).unwrap_or_default()
+    }
+}
+
+/// The subject string for a scope, from the attempt. Never a raw card code:
+/// the card subject is its hash.
+pub(super) fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> Option<String> {
+    Some(match scope {
+        KeyName::Card => e.card.code_hash.to_string(),
+        KeyName::Account => e.account.id.to_string(),
+        KeyName::Device => e.device.fingerprint.as_deref()?.to_string(),
+        KeyName::Ip => e.ip?.to_string(),
+        KeyName::IpPrefix => keys.ip_prefix?.1.to_string(),
+        KeyName::Asn => facts.geo.asn?.to_string(),
+    })
+}

@@ -13,9 +13,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kamiguard::engine::{Engine, EngineConfig};
 use kamiguard::enrich::GeoDatabases;
 use kamiguard::event::{parse, CodeHasher};
-use kamiguard::pipeline::generate::generate;
-use kamiguard::pipeline::replay::{for_each_line, replay, ReplaySummary};
+use kamiguard::replay::{for_each_line, replay, ReplaySummary};
 use kamiguard::rules::{compile_sources, load_rules};
+use kamiguard::tools::generate::generate;
 
 fn events() -> u64 {
     std::env::var("KAMIGUARD_BENCH_EVENTS")
@@ -29,7 +29,8 @@ fn replay_vs_parse(c: &mut Criterion) {
     let input = generate(n, 42, 2000);
     let dir = tempfile::tempdir().expect("tempdir");
     let geo = Arc::new(
-        GeoDatabases::open(&kamiguard::demo::geo::write_geo_fixtures(dir.path()).expect("geo fixtures")).expect("geo"),
+        GeoDatabases::open(&kamiguard::tools::fixtures::write_geo_fixtures(dir.path()).expect("geo fixtures"))
+            .expect("geo"),
     );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = Arc::new(load_rules(&root.join("config/rules"), geo.available()).expect("rules"));

@@ -21,8 +21,8 @@ use std::time::Instant;
 use kamiguard::engine::{Engine, EngineConfig};
 use kamiguard::enrich::GeoDatabases;
 use kamiguard::event::{parse, CodeHasher};
-use kamiguard::pipeline::generate::generate;
 use kamiguard::rules::{load_rules, RuleSet};
+use kamiguard::tools::generate::generate;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let dir = tempfile::tempdir()?;
-    let geo = Arc::new(GeoDatabases::open(&kamiguard::demo::geo::write_geo_fixtures(
+    let geo = Arc::new(GeoDatabases::open(&kamiguard::tools::fixtures::write_geo_fixtures(
         dir.path(),
     )?)?);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

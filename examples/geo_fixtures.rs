@@ -4,7 +4,7 @@
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/geo".into());
-    let config = kamiguard::demo::geo::write_geo_fixtures(std::path::Path::new(&dir))?;
+    let config = kamiguard::tools::fixtures::write_geo_fixtures(std::path::Path::new(&dir))?;
     println!("{}", toml::to_string(&config).unwrap_or_default());
     Ok(())
 }

@@ -33,7 +33,7 @@ score = 80
 "#;
 
 fn rss_kib() -> u64 {
-    kamiguard::bench::proc_status_kib("VmRSS:")
+    kamiguard::tools::bench::proc_status_kib("VmRSS:")
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,7 +19,7 @@ use kamiguard::config::Config;
 use kamiguard::engine::Engine;
 use kamiguard::enrich::{GeoDatabases, GeoNeeds};
 use kamiguard::event::CodeHasher;
-use kamiguard::pipeline::replay::{replay, ReplaySummary};
+use kamiguard::replay::{replay, ReplaySummary};
 use kamiguard::rules::{load_rules, RuleSet};
 use kamiguard::scenario::{run_scenario, scenario_dirs};
 
@@ -271,14 +271,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             match scale {
                 Some(n) => {
-                    for point in runtime.block_on(kamiguard::bench::scale(&options, n.max(1), partitions))? {
+                    for point in runtime.block_on(kamiguard::tools::bench::scale(&options, n.max(1), partitions))? {
                         writeln!(std::io::stdout(), "{}", point.render())?;
                     }
                 }
                 None => write!(
                     std::io::stdout(),
                     "{}",
-                    runtime.block_on(kamiguard::bench::bench(options))?.render()
+                    runtime.block_on(kamiguard::tools::bench::bench(options))?.render()
                 )?,
             }
             Ok(ExitCode::SUCCESS)
@@ -300,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(dir) = &geo {
                 write_geo(dir)?;
             }
-            let text = kamiguard::pipeline::generate::generate(events, seed, rate);
+            let text = kamiguard::tools::generate::generate(events, seed, rate);
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -310,7 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The generator's made-up geo databases in `dir`, and a config naming
 /// them (paths relative to it; rules from the default place).
 fn write_geo(dir: &Path) -> anyhow::Result<()> {
-    kamiguard::demo::geo::write_geo_fixtures(dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    kamiguard::tools::fixtures::write_geo_fixtures(dir).with_context(|| format!("cannot write {}", dir.display()))?;
     let config = dir.join("kamiguard.toml");
     std::fs::write(
         &config,
@@ -482,11 +482,11 @@ fn bench_options(
     latency_rate: Option<f64>,
     properties: Vec<(String, String)>,
     common: &Common,
-) -> anyhow::Result<kamiguard::bench::BenchOptions> {
+) -> anyhow::Result<kamiguard::tools::bench::BenchOptions> {
     let config = common.config()?;
     let geo = Arc::new(GeoDatabases::open(&config.geo)?);
     let rules = load(&rules_path(&config), geo.available())?;
-    Ok(kamiguard::bench::BenchOptions {
+    Ok(kamiguard::tools::bench::BenchOptions {
         brokers,
         events,
         seed: 42,
@@ -525,7 +525,7 @@ fn demo_command(
         )?),
         None => None,
     };
-    let options = kamiguard::demo::DemoOptions {
+    let options = kamiguard::tools::demo::DemoOptions {
         events,
         rate,
         seed,
@@ -536,7 +536,7 @@ fn demo_command(
     let (runtime, shutdown) = runtime_with_signals()?;
     let redraw = std::io::stdout().is_terminal();
     let mut screen = std::io::stdout();
-    runtime.block_on(kamiguard::demo::demo(options, shutdown, &mut screen, redraw))?;
+    runtime.block_on(kamiguard::tools::demo::demo(options, shutdown, &mut screen, redraw))?;
     Ok(ExitCode::SUCCESS)
 }
 

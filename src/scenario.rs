@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::engine::{Engine, EngineConfig};
 use crate::enrich::GeoDatabases;
 use crate::event::CodeHasher;
-use crate::pipeline::replay::{read_events, run_events, ReplaySummary};
+use crate::replay::{read_events, run_events, ReplaySummary};
 use crate::rules::{load_rules, RuleSet};
 
 /// Fields shown for an unexpected decision in a diff.

@@ -51,7 +51,7 @@ fn shipped_rules() -> (tempfile::TempDir, Arc<GeoDatabases>, Arc<kamiguard::rule
 /// `count` generated attempts (100 events/s of event time), parsed.
 fn generated(count: u64, seed: u64) -> Vec<Event> {
     let hasher = CodeHasher::with_key(b"engine-test-key");
-    kamiguard::pipeline::generate::generate(count, seed, 100)
+    kamiguard::tools::generate::generate(count, seed, 100)
         .lines()
         .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
         .collect()
@@ -465,7 +465,7 @@ fn a_rule_by_address_prefix_counts_a_whole_subnet_even_after_a_reload_adds_it() 
 fn when_idle_keys_are_swept_changes_no_decision() {
     let (_dir, geo, rules) = shipped_rules();
     let hasher = CodeHasher::with_key(b"engine-test-key");
-    let events: Vec<Event> = kamiguard::pipeline::generate::generate(40_000, 11, 2)
+    let events: Vec<Event> = kamiguard::tools::generate::generate(40_000, 11, 2)
         .lines()
         .filter_map(|l| parse(l.as_bytes(), &hasher).ok())
         .collect();

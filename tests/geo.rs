@@ -109,7 +109,7 @@ fn a_database_in_the_wrong_slot_is_refused_with_what_it_is() {
 fn every_command_refuses_a_swapped_database() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let events = tmp.path().join("e.jsonl");
-    std::fs::write(&events, kamiguard::pipeline::generate::generate(10, 1, 100)).expect("write");
+    std::fs::write(&events, kamiguard::tools::generate::generate(10, 1, 100)).expect("write");
     let swapped = [
         "--city".to_string(),
         fixture("test-data/GeoLite2-ASN-Test.mmdb").display().to_string(),

@@ -123,7 +123,7 @@ score = 80
 "#;
 
     /// Addresses in the fixture's cities: Beijing, Guangzhou, Shanghai,
-    /// Tokyo, New York (`demo::geo::PLACES`), host `n` of each.
+    /// Tokyo, New York (`tools::fixtures::PLACES`), host `n` of each.
     fn address(city: usize, n: usize) -> String {
         match city {
             0 => format!("175.16.199.{}", n % 250),

@@ -13,7 +13,7 @@ use common::pipeline::{by_id, replay, setup, setup_with, Processor, Setup, ATTEM
 use serde_json::Value;
 
 fn generated(count: u64, seed: u64) -> Vec<Vec<u8>> {
-    kamiguard::pipeline::generate::generate(count, seed, 100)
+    kamiguard::tools::generate::generate(count, seed, 100)
         .lines()
         .map(|l| l.as_bytes().to_vec())
         .collect()
@@ -842,7 +842,7 @@ fn sigkill_at_random_moments_several_times_loses_nothing() {
                 .unwrap_or(1)
         });
     eprintln!("kill timing seed {seed} (set KAMIGUARD_KILL_SEED to repeat)");
-    let mut rng = kamiguard::pipeline::generate::SplitMix::new(seed);
+    let mut rng = kamiguard::tools::generate::SplitMix::new(seed);
 
     let st = stage(Broker::memory, "kg-chaos", 16_000, 17);
     // Resumed after every kill: one record per batch (Tansu, see broker.rs).

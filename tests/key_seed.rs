@@ -45,7 +45,7 @@ action = "block"
 score = 75
 "#;
     let hasher = CodeHasher::with_key(b"deployment key");
-    let lines = kamiguard::pipeline::generate::generate(20_000, 9, 100);
+    let lines = kamiguard::tools::generate::generate(20_000, 9, 100);
     let decide = || {
         let rules =
             Arc::new(compile_sources(&[("r.toml".into(), rules_text.into())], Default::default()).expect("rules"));

@@ -161,7 +161,7 @@ fn split_at(group: &'static str, count: u64, seed: u64, rate: u64, pipeline: &st
     // 1000 attempts a second of event time: the partitions' interleaving
     // shifts an attempt by a few seconds at most, well inside the lateness.
     // One attempt in 500 carries its raw code, which must reach no topic.
-    let lines: Vec<Vec<u8>> = kamiguard::pipeline::generate::generate(count, seed, rate)
+    let lines: Vec<Vec<u8>> = kamiguard::tools::generate::generate(count, seed, rate)
         .lines()
         .enumerate()
         .map(|(i, l)| match (i % 500, l.find("\"code_hash\":\"")) {

@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn kept_records_and_addresses_answer_only_for_themselves() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = crate::demo::geo::write_geo_fixtures(dir.path()).expect("fixtures");
+        let config = crate::tools::fixtures::write_geo_fixtures(dir.path()).expect("fixtures");
         let geo = GeoDatabases::open(&config).expect("open");
         let all = geo.available();
         let country = |ip: &str| geo.lookup(ip.parse().expect("ip"), all).country.map(|c| c.to_string());

@@ -160,7 +160,7 @@ fn serde_only(text: &str) -> Option<RawEvent<'_>> {
 
 #[test]
 fn the_fast_path_reads_generated_traffic_and_every_scenario_as_serde_does() {
-    let generated = crate::pipeline::generate::generate(2_000, 7, 2000);
+    let generated = crate::tools::generate::generate(2_000, 7, 2000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
     let mut scenarios = String::new();
     for dir in std::fs::read_dir(root).expect("scenarios") {
@@ -473,7 +473,7 @@ fn every_contract_enum_is_named_on_the_wire_in_snake_case_both_ways() {
 #[test]
 fn an_event_written_anew_reads_back_the_same_and_without_its_code() {
     let hasher = CodeHasher::with_key(b"k");
-    let mut messages: Vec<String> = crate::pipeline::generate::generate(2_000, 5, 100)
+    let mut messages: Vec<String> = crate::tools::generate::generate(2_000, 5, 100)
         .lines()
         .map(String::from)
         .collect();

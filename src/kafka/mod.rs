@@ -9,16 +9,26 @@
 //! - [`order`]: event-time order across the partitions an engine reads.
 //! - [`topology`]: splitting the work across instances (internal topics).
 
+mod assign;
 pub mod book;
+mod commit;
 pub mod config;
 pub mod dead_letter;
+mod error;
+mod handler;
 pub mod order;
+pub mod produce;
 pub mod restore;
 pub mod run;
+mod stats;
+mod topics;
 pub mod topology;
 
 pub use config::{KafkaConfig, PipelineConfig, Topics};
-pub use run::{ensure_topics, run, RunError, RunStats, Settings};
+pub use error::RunError;
+pub use run::{run, Settings};
+pub use stats::RunStats;
+pub use topics::ensure_topics;
 
 /// When a record was received, ms, for holding its attempt's event time to
 /// `engine.max_ahead_secs` ([`crate::event::check_ahead`]): the broker's

@@ -42,13 +42,12 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
 use tracing::{info, warn};
 
 use super::config::{KafkaConfig, Repartition};
-use super::run::RunError;
+use super::error::RunError;
 use crate::rules::KeyName;
 
 /// What the pipeline does with the messages of one topic it consumes.
@@ -88,6 +87,10 @@ pub struct Topology {
     /// hears from (see `kafka::order`).
     pub sources: i32,
 }
+
+/// A partition of a consumed topic: the topic's index in
+/// [`Topology::consumed`], and the partition.
+pub type Slot = (usize, i32);
 
 impl Topology {
     /// Not split: the attempts topic, every rule.
@@ -217,14 +220,7 @@ pub async fn plan(
                 .set("retention.ms", &retention_ms)
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&missing, &opts).await? {
-        match result {
-            Ok(topic) => info!(%topic, partitions = input_partitions, "created internal topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(RunError::CreateTopic { topic, code }),
-        }
-    }
+    super::topics::create_missing(&admin, &missing).await?;
     let mut routes = Vec::with_capacity(homes.len());
     for (home, topic) in homes.iter().zip(names) {
         // A topic just created may take a moment to show in metadata.

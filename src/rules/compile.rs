@@ -8,8 +8,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use super::errors::Located;
 use super::filter::{mask, Filter};
-use super::load::Located;
 use super::spec::{Action, Aggregate, FilterSpec, KeyName, Mode, RuleKind, RuleSpec};
 use crate::enrich::{GeoNeeds, NetworkFlags};
 use crate::event::Country;

@@ -516,7 +516,7 @@ mod index_tests {
         let index = rules.field_index.as_ref().expect("the pack has under 64 rules");
         let hasher = crate::event::CodeHasher::without_key();
         let mut seen = std::collections::HashSet::new();
-        for line in crate::pipeline::generate::generate(20_000, 3, 2000).lines() {
+        for line in crate::tools::generate::generate(20_000, 3, 2000).lines() {
             let e = crate::event::parse(line.as_bytes(), &hasher).expect("generated events parse");
             let bits = index.may_match(&e, |i| &rules.rules[i].filter);
             assert_eq!(bits, one_by_one(&filters, &e), "{line}");

@@ -4,109 +4,18 @@
 //! errors in one file are all reported; then each `[[rule]]` table is
 //! deserialized on its own, so a bad rule does not hide the next one's errors.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
-use toml::Spanned;
 
 use super::compile::{compile_rule, CompiledRule};
+use super::errors::{line_column, Located, RuleError, RuleErrors};
 use super::filter::FieldIndex;
 use super::spec::RuleSpec;
 use super::KeyName;
 use crate::enrich::GeoNeeds;
-
-/// One problem in a rule file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
-    }
-}
-
-/// Every problem found while loading a rule set.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct RuleErrors(pub Vec<RuleError>);
-
-impl fmt::Display for RuleErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Collects errors for one file, turning byte offsets into line and column.
-pub(crate) struct Located<'a> {
-    file: &'a Path,
-    src: &'a str,
-    errors: Vec<RuleError>,
-}
-
-impl<'a> Located<'a> {
-    fn new(file: &'a Path, src: &'a str) -> Located<'a> {
-        Located {
-            file,
-            src,
-            errors: Vec::new(),
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.errors.len()
-    }
-
-    pub(crate) fn at<T>(&mut self, value: &Spanned<T>, message: String) {
-        self.at_offset(value.span().start, message);
-    }
-
-    pub(crate) fn at_offset(&mut self, offset: usize, message: String) {
-        let (line, column) = line_column(self.src, offset);
-        self.errors.push(RuleError {
-            file: self.file.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-
-    fn toml(&mut self, err: &toml::de::Error) {
-        let offset = err.span().map_or(0, |s| s.start);
-        let message = err.message().trim().replace('\n', " ");
-        self.at_offset(offset, message);
-    }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-pub fn line_column(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
-    let before = src.get(..offset).unwrap_or(src);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
-}
 
 /// A loaded, valid set of rules.
 #[derive(Debug, Clone)]
@@ -320,8 +229,7 @@ pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Re
             }
         }
         // Report in file order, whatever stage found each problem.
-        errs.errors.sort_by_key(|e| (e.line, e.column));
-        errors.extend(errs.errors);
+        errors.extend(errs.into_sorted());
     }
     if errors.is_empty() {
         Ok(RuleSet::new(rules, disabled))
@@ -364,9 +272,4 @@ fn parse_file(src: &str, errs: &mut Located<'_>) -> Vec<(RuleSpec, usize)> {
         errs.at_offset(0, "no `[[rule]]` tables in this file".into());
     }
     specs
-}
-
-/// Convenience for tests and tools: the enabled rules' (id, version) pairs.
-pub fn rule_versions(set: &RuleSet) -> Vec<(Arc<str>, Arc<str>)> {
-    set.rules.iter().map(|r| (r.id.clone(), r.version.clone())).collect()
 }

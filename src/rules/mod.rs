@@ -4,11 +4,13 @@
 //! [`filter`] evaluates conditions on one attempt.
 
 pub mod compile;
+pub mod errors;
 pub mod filter;
 pub mod load;
 pub mod spec;
 
 pub use compile::{Allow, CompiledAggregate, CompiledKind, CompiledRule};
+pub use errors::{line_column, RuleError, RuleErrors};
 pub use filter::{Facts, FieldIndex, Filter};
-pub use load::{compile_sources, line_column, load_rules, rule_files, rule_versions, RuleError, RuleErrors, RuleSet};
+pub use load::{compile_sources, load_rules, rule_files, RuleSet};
 pub use spec::{Action, KeyName, Mode, RuleSpec};

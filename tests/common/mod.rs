@@ -13,7 +13,7 @@ pub fn root() -> PathBuf {
 /// Writes the fixture databases into a fresh temporary folder and opens them.
 pub fn fixture_geo() -> (tempfile::TempDir, GeoConfig, Arc<GeoDatabases>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = kamiguard::demo::geo::write_geo_fixtures(dir.path()).expect("write fixture databases");
+    let config = kamiguard::tools::fixtures::write_geo_fixtures(dir.path()).expect("write fixture databases");
     let dbs = GeoDatabases::open(&config).expect("open fixture databases");
     (dir, config, Arc::new(dbs))
 }
@@ -77,7 +77,7 @@ pub type Timed = (i64, Vec<u8>);
 /// poisoned ones: what the decisions must be of.
 pub fn poisoned_stream(count: u64, seed: u64) -> (Vec<Timed>, Vec<Vec<u8>>) {
     const HOUR_MS: i64 = 3_600_000;
-    let generated = kamiguard::pipeline::generate::generate(count, seed, 100);
+    let generated = kamiguard::tools::generate::generate(count, seed, 100);
     let mut timed = Vec::new();
     let mut clean = Vec::new();
     for (i, line) in generated.lines().enumerate() {

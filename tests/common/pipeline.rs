@@ -41,7 +41,7 @@ pub fn setup(broker_port: u16, group: &str, partitions: i32) -> Setup {
 /// [`setup`] with `[kafka.*]` sub-tables appended.
 pub fn setup_with(broker_port: u16, group: &str, partitions: i32, extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let geo = kamiguard::demo::geo::write_geo_fixtures(&dir.path().join("geo")).expect("geo");
+    let geo = kamiguard::tools::fixtures::write_geo_fixtures(&dir.path().join("geo")).expect("geo");
     let path = |p: &Option<PathBuf>| p.as_ref().expect("geo path").display().to_string();
     let config = dir.path().join("kamiguard.toml");
     let http_port = super::broker::free_port();

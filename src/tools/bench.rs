@@ -35,8 +35,8 @@ use crate::kafka::config::Repartition;
 use crate::kafka::topology::partition_for;
 use crate::kafka::{ensure_topics, run, KafkaConfig, PipelineConfig, RunError, RunStats, Settings, Topics};
 use crate::metrics::{Health, Metrics};
-use crate::pipeline::generate::Traffic;
 use crate::rules::RuleSet;
+use crate::tools::generate::Traffic;
 
 pub struct BenchOptions {
     pub brokers: String,
@@ -198,7 +198,7 @@ async fn load(
             Some(n) => {
                 let account = account_of(&line);
                 let partition = partition_for(account.as_bytes(), n);
-                crate::kafka::run::send(producer, topic, Some(partition), account, line.as_bytes(), None).await?
+                crate::kafka::produce::send(producer, topic, Some(partition), account, line.as_bytes(), None).await?
             }
             None => send(producer, topic, b"", line.as_bytes()).await?,
         };
@@ -370,7 +370,7 @@ async fn send(
     key: &[u8],
     payload: &[u8],
 ) -> Result<DeliveryFuture, KafkaError> {
-    crate::kafka::run::send(producer, topic, None, key, payload, None).await
+    crate::kafka::produce::send(producer, topic, None, key, payload, None).await
 }
 
 /// Awaits acknowledgements in batches, off the sending loop.

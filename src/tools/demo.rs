@@ -3,9 +3,7 @@
 //! summary of decisions by rule.
 //!
 //! Everything here is for show and for a first look; nothing in it is used by
-//! `kamiguard run`. The geo databases it writes ([`geo`]) are made up.
-
-pub mod geo;
+//! `kamiguard run`. The geo databases it writes ([`super::fixtures`]) are made up.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -28,8 +26,8 @@ use crate::enrich::GeoDatabases;
 use crate::event::CodeHasher;
 use crate::kafka::{run, KafkaConfig, PipelineConfig, RunError, RunStats, Settings};
 use crate::metrics::{serve, Health, Metrics};
-use crate::pipeline::generate::Traffic;
 use crate::rules::{compile_sources, RuleSet};
+use crate::tools::generate::Traffic;
 
 /// The shipped rule pack, built in so the demo runs from anywhere.
 pub const RULE_PACK: [(&str, &str); 3] = [
@@ -118,8 +116,10 @@ pub async fn demo(
     }
 
     let dir = std::env::temp_dir().join(format!("kamiguard-demo-{}", std::process::id()));
-    let geo =
-        Arc::new(GeoDatabases::open(&geo::write_geo_fixtures(&dir)?).map_err(|e| DemoError::Setup(e.to_string()))?);
+    let geo = Arc::new(
+        GeoDatabases::open(&crate::tools::fixtures::write_geo_fixtures(&dir)?)
+            .map_err(|e| DemoError::Setup(e.to_string()))?,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let rules = match options.rules.clone() {
         Some(r) => r,

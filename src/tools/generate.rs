@@ -3,7 +3,7 @@
 //! benchmarks, by `kamiguard generate`, and by `kamiguard demo`.
 //!
 //! Addresses come from the ranges the test fixture databases know (see
-//! `src/demo/geo.rs`), so geo rules have something to look up.
+//! `src/tools/fixtures.rs`), so geo rules have something to look up.
 
 use std::fmt::Write as _;
 

@@ -9,7 +9,7 @@
 //! ids to keep. Prints, per run, the time to parse every line alone, to parse
 //! and process every line (streaming, as `replay` does), to sweep the whole
 //! state once at the end (every store walked, as sweeps did every minute
-//! before session 9), and to drop the engine with its state; then the
+//! before sweeps were staggered), and to drop the engine with its state; then the
 //! medians and the engine's share. `ahead`
 //! (the default) decides each event once the next is parsed and prepared
 //! (its keys hashed, the filters judged on its fields, its state

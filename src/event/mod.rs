@@ -621,8 +621,8 @@ pub fn check_ahead(e: &Event, received_ms: i64, max_ahead_ms: i64) -> Result<(),
     let ahead = e.ts_ms.saturating_sub(received_ms);
     if ahead > max_ahead_ms {
         return Err(EventError::TsAhead {
-            ahead_secs: ahead / 1000,
-            max_secs: max_ahead_ms / 1000,
+            ahead_secs: crate::units::ms_to_secs(ahead),
+            max_secs: crate::units::ms_to_secs(max_ahead_ms),
         });
     }
     Ok(())

@@ -96,6 +96,10 @@ fn allow(engine: &Engine, payload: Option<&[u8]>) -> bool {
 }
 
 impl Follower {
+    /// Most records one [`Follower::follow`] applies: a burst of releases
+    /// is taken over a few ticks rather than holding the loop up.
+    pub const MOST_PER_CALL: usize = 4096;
+
     /// Reads `topic` from its start up to where it ends now through `apply`
     /// (which says whether a record counted), and stays there to follow it.
     /// Returns the follower, the records counted, and the partitions not
@@ -149,10 +153,10 @@ impl Follower {
         Ok((follower, (read, unfinished)))
     }
 
-    /// Applies whatever has been published since the last call (at most a
-    /// few thousand, so the loop is never held up long).
+    /// Applies whatever has been published since the last call, at most
+    /// [`Follower::MOST_PER_CALL`] records, so the loop is never held up long.
     pub fn follow(&self, apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> bool) {
-        for _ in 0..4096 {
+        for _ in 0..Self::MOST_PER_CALL {
             match self.consumer.poll(Duration::ZERO) {
                 Some(Ok(m)) => {
                     apply(&m);

@@ -19,6 +19,13 @@ use crate::units::secs_to_ms;
 /// Longest window (or quota period) a rule may have: a week.
 pub const MAX_WINDOW_SECS: u64 = 7 * 86_400;
 
+/// Longest decision duration: ten years (longer reads as "until released",
+/// which is what leaving `duration_secs` out says).
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+
+/// Longest account age a filter may name: a hundred years.
+pub const MAX_ACCOUNT_AGE_SECS: u64 = 100 * 365 * 86_400;
+
 /// Highest threshold of a distinct count: a key keeps up to this many values
 /// (memory per key grows with it), so the engine's distinct sets are capped here.
 pub const MAX_DISTINCT_THRESHOLD: u64 = 10_000;
@@ -390,7 +397,7 @@ pub(crate) fn compile_rule(
         duration_ms: spec
             .duration_secs
             .filter(|d| *d > 0)
-            .map(|d| d.min(10 * 365 * 86_400) as i64 * 1000),
+            .map(|d| secs_to_ms(d.min(MAX_DURATION_SECS))),
         score: (*spec.score.get_ref()).min(100) as u8,
         mode: spec.mode,
         noun,
@@ -474,7 +481,7 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
         Some(x) => Some(Box::new(compile_filter(x, errs)?)),
         None => None,
     };
-    let secs_to_ms = |s: Option<u64>| s.map(|s| s.min(100 * 365 * 86_400) as i64 * 1000);
+    let age_ms = |s: Option<u64>| s.map(|s| secs_to_ms(s.min(MAX_ACCOUNT_AGE_SECS)));
     let filter = Filter {
         kinds: mask(&spec.kind),
         outcomes: mask(&spec.outcome),
@@ -485,8 +492,8 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
         max_face_value_fen: spec.max_face_value_fen,
         channels: mask(&spec.channel),
         platforms: mask(&spec.platform),
-        min_account_age_ms: secs_to_ms(spec.min_account_age_secs),
-        max_account_age_ms: secs_to_ms(spec.max_account_age_secs),
+        min_account_age_ms: age_ms(spec.min_account_age_secs),
+        max_account_age_ms: age_ms(spec.max_account_age_secs),
         verified: spec.verified,
         ip_countries,
         asns: spec.asn.clone(),

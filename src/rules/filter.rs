@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use crate::enrich::{GeoFacts, GeoNeeds};
 use crate::event::{CardType, Channel, Country, Event, Kind, Outcome, Platform, Variant};
-use crate::units::{human_ms, yuan};
+use crate::units::{human_ms, ms_to_secs, yuan};
 
 /// Facts derived once per attempt, shared by every rule.
 #[derive(Debug, Clone, Copy, Default)]
@@ -192,7 +192,7 @@ impl Filter {
             .filter(|_| self.max_account_age_ms.is_some() || self.min_account_age_ms.is_some())
         {
             said.push(format!("account {} old", human_ms(age)));
-            ev.insert("account_age_secs".into(), json!(age / 1000));
+            ev.insert("account_age_secs".into(), json!(ms_to_secs(age)));
         }
         if self.verified == Some(false) {
             said.push("account not real-name verified".into());

@@ -1,5 +1,5 @@
 //! `kamiguard bench`: kamiguard against Kafka itself, in one run on the same
-//! broker (issue: measured against the limit).
+//! broker (README, "Benchmarks": measured against the limit).
 //!
 //! 1. **Load** N generated events (the demo's traffic mix) into a fresh topic.
 //! 2. **Passthrough**: a consumer group reads them and produces each message

@@ -65,7 +65,7 @@ impl Engine {
     }
 
     /// Books a decision read from the decisions topic (see
-    /// [`DecisionBook::apply`]); `false` when `payload` is not a decision.
+    /// [`crate::decision::DecisionBook::apply`]); `false` when `payload` is not a decision.
     pub fn book_published(&self, payload: &[u8]) -> bool {
         match Active::from_published(payload) {
             Some(a) => {

@@ -8,7 +8,7 @@
 //! This file runs one attempt through the rules; each of the engine's other
 //! jobs has a file of its own:
 //!
-//! - [`kinds`]: one file per kind of rule (threshold, quota, match): its
+//! - `kinds`: one file per kind of rule (threshold, quota, match): its
 //!   state, how an attempt updates it, and how its decision is worded.
 //! - `keys`: an attempt's key hashes and the subjects decisions name.
 //! - `memory`: account and card memory, and the facts the rules read from it.
@@ -137,7 +137,7 @@ pub struct Prepared {
 }
 
 /// The rules whose filters pass an attempt's own fields (bit `i` for rule
-/// `i`), judged for all rules at once by the rule set's [`FieldIndex`];
+/// `i`), judged for all rules at once by the rule set's [`crate::rules::FieldIndex`];
 /// `None` past 64 rules, where each rule's filter is judged whole.
 fn may_match(rules: &RuleSet, e: &Event) -> Option<u64> {
     let index = rules.field_index.as_ref()?;

@@ -42,7 +42,7 @@ impl Engine {
     /// store when `all`, else in the stores due this round.
     ///
     /// A stale key reads as absent whether it was swept or not
-    /// ([`KeyedStore::with`]), so sweeps only give memory back, and each
+    /// ([`crate::state::KeyedStore::with`]), so sweeps only give memory back, and each
     /// walks its whole store. A store is therefore swept about once per
     /// eighth of its span (a window and the lateness, or memory's TTL), and
     /// at most once per `sweep_every_secs`: a day-long window is not walked

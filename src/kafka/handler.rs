@@ -234,7 +234,7 @@ impl MessageHandler<'_> {
     /// Queues a dead letter. One the producer refuses for its size (a
     /// broker or producer `message.max.bytes` below the event limit) is
     /// queued again without its body; a broker that refuses it on delivery
-    /// gets the same from the committer (see [`Pending::fallback`]). A
+    /// gets the same from the committer (see [`super::commit::Pending::fallback`]). A
     /// dead letter never stops the pipeline for its own sake.
     async fn send_dead_letter(
         &mut self,

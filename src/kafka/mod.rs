@@ -2,7 +2,10 @@
 //!
 //! - [`config`]: the `[kafka]` and `[pipeline]` configuration sections and the
 //!   librdkafka properties kamiguard sets.
-//! - [`run`]: consume, decide, publish, commit.
+//! - [`mod@run`]: the consume loop (`kamiguard run`); `handler`: what one
+//!   message becomes; `commit`: commit tracking; `assign`: assignment and
+//!   restore on rebalance; `topics`: topic creation; [`produce`]: sending
+//!   one message; `error` and `stats`: the loop's error and counters.
 //! - [`book`]: the decision book follows the decisions topic.
 //! - [`restore`]: rebuilding window state from the attempts topic.
 //! - [`dead_letter`]: what a refused message becomes.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dashmap::{DashMap, SharedValue};
 
-/// The hasher of the stores' own tables. Their keys are [`key_of`] hashes
+/// The hasher of the stores' own tables. Their keys are [`crate::key::key_of`] hashes
 /// already, evenly spread in every bit, so the table uses the key as it is
 /// instead of hashing it a second time.
 #[derive(Debug, Default, Clone, Copy)]

@@ -5,7 +5,7 @@
 //! 2. **Passthrough**: a consumer group reads them and produces each message
 //!    to another topic with the same client settings as `run` (the floor:
 //!    Kafka and librdkafka alone), acknowledgements awaited.
-//! 3. **Run**: the real pipeline ([`crate::kafka::run`]) over the same input,
+//! 3. **Run**: the real pipeline ([`crate::kafka::run()`]) over the same input,
 //!    with a fresh group, until every event is processed, acknowledged and
 //!    committed.
 //! 4. **Latency at half load**: events stamped with the wall clock are sent at

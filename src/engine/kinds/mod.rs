@@ -2,7 +2,7 @@
 //! updates it, how its keys are prefetched, swept and capped, when it
 //! decides, and how its decision is worded.
 //!
-//! Every kind implements [`RuleKind`]; the [`kinds!`] list below registers
+//! Every kind implements [`RuleKind`]; the `kinds!` list below registers
 //! it against the compiled form of its rules (`rules::CompiledKind`). A new
 //! kind is a new file here and one line in that list, and the list is
 //! matched exhaustively: a compiled kind left unregistered does not build.

@@ -1,6 +1,6 @@
 //! The `kamiguard` command line. The only place `anyhow` is used.
 
-use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -135,6 +135,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Hash raw card codes (one a line on standard input) with the code key,
+    /// as kamiguard hashes a raw `card.code`: a honey list from the issuer's
+    /// decoys. The codes are never printed or logged.
+    HashCodes {
+        /// Service configuration file naming the code key (else KAMIGUARD_CODE_KEY or its _FILE).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run scenario folders (events.jsonl + expected.jsonl) against the rules.
     TestRules {
         /// A scenario folder, or a folder of them.
@@ -254,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => replay_command(&events, out.as_deref(), allowlist.as_deref(), &common),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
+        Command::HashCodes { config } => hash_codes(config.as_deref()),
         Command::Run { common } => run_command(&common),
         Command::Bench {
             brokers,
@@ -305,6 +314,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `kamiguard hash-codes`: raw codes in, their keyed hashes out, line for
+/// line. A line that is not a code (empty, too long, not UTF-8) stops it
+/// with the line's number, never its content.
+fn hash_codes(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = Common {
+        rules: None,
+        config: config.map(Path::to_owned),
+        city: None,
+        asn: None,
+        anonymous: None,
+    }
+    .config()?;
+    let hasher = CodeHasher::from_key(config.code_key.as_ref().map(|k| k.expose()));
+    if !hasher.has_key() {
+        anyhow::bail!("no code key: set KAMIGUARD_CODE_KEY (or its _FILE, or code_key in --config); decoys must be hashed with the key the service uses");
+    }
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written = 0u64;
+    for (i, line) in stdin.split(b'\n').enumerate() {
+        let line = line?;
+        let code = std::str::from_utf8(&line)
+            .map(|l| l.trim_end_matches('\r').trim())
+            .map_err(|_| anyhow::anyhow!("line {}: not UTF-8 (not shown)", i + 1))?;
+        if code.is_empty() {
+            continue;
+        }
+        if code.len() > 256 {
+            anyhow::bail!("line {}: longer than the 256 bytes a code may have (not shown)", i + 1);
+        }
+        let hash = hasher
+            .hash(code)
+            .map_err(|_| anyhow::anyhow!("line {}: cannot hash it (not shown)", i + 1))?;
+        writeln!(out, "{hash}")?;
+        written += 1;
+    }
+    out.flush()?;
+    eprintln!("{written} {} hashed", if written == 1 { "code" } else { "codes" });
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The generator's made-up geo databases in `dir`, and a config naming

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// By store: a rule's id, "account memory" or "card memory".
     pub state_cap_hits: IntCounterVec,
     pub active_decisions: IntGaugeVec,
+    /// By honey rule: decoys on its list.
+    pub honey_entries: IntGaugeVec,
+    /// By honey rule: attempts on its decoys.
+    pub honey_hits: IntCounterVec,
     pub restored_events: IntCounter,
     pub routed: IntCounterVec,
     pub geo_records: IntCounterVec,
@@ -178,6 +182,16 @@ impl Metrics {
                 &["store"],
             ),
             active_decisions: gauge("active_decisions", "Decisions in force, by scope.", &["scope"]),
+            honey_entries: gauge(
+                "honey_list_entries",
+                "Decoy codes on each honey rule's list (0: an empty list catches nothing).",
+                &["rule"],
+            ),
+            honey_hits: counter(
+                "honey_hits_total",
+                "Attempts on a decoy code, by honey rule, decided or not: each is proof of a leaked or enumerated code list.",
+                &["rule"],
+            ),
             restored_events: counter(
                 "restored_events_total",
                 "Events replayed into state from the attempts topic on assignment.",
@@ -228,6 +242,10 @@ impl Metrics {
         self.rules_loaded.set(engine.rules().rules.len() as i64);
         for (scope, n) in engine.active_decisions() {
             self.active_decisions.with_label_values(&[scope.as_str()]).set(n);
+        }
+        for (rule, entries, hits) in engine.honey_counts() {
+            self.honey_entries.with_label_values(&[&*rule]).set(entries as i64);
+            add(&self.honey_hits.with_label_values(&[&*rule]), hits);
         }
         for (database, kept, decoded) in engine.geo_record_counts() {
             add(&self.geo_records.with_label_values(&[database, "kept"]), kept);

@@ -1,6 +1,6 @@
 //! Hot reload of the rule files while `kamiguard run` runs: on SIGHUP, or when
-//! a rule file changes (polled: name, size and modification time of every
-//! file, every `pipeline.rules_poll_secs`).
+//! a rule file or a honey list changes (polled: name, size and modification
+//! time of every file, every `pipeline.rules_poll_secs`).
 //!
 //! The whole new set is compiled first; a set with any error never replaces
 //! the running one: every error is logged as `file:line:column: message`,
@@ -20,11 +20,13 @@ use crate::enrich::GeoNeeds;
 use crate::metrics::Metrics;
 use crate::rules::{load_rules, rule_files};
 
-/// Name, size and modification time of every rule file.
+/// Name, size and modification time of every rule file and every honey
+/// list the rules in force read.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-fn fingerprint(path: &Path) -> Fingerprint {
-    let files = rule_files(path).unwrap_or_default();
+fn fingerprint(path: &Path, engine: &Engine) -> Fingerprint {
+    let mut files = rule_files(path).unwrap_or_default();
+    files.extend(engine.rules().honey_lists());
     files
         .into_iter()
         .map(|f| {
@@ -48,7 +50,7 @@ impl Reloader {
     /// Watches `path` (a rule file or directory) for `engine`. `available`:
     /// the geo databases that are open.
     pub fn new(path: PathBuf, available: GeoNeeds, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Reloader {
-        let seen = fingerprint(&path);
+        let seen = fingerprint(&path, &engine);
         Reloader {
             path,
             available,
@@ -61,7 +63,7 @@ impl Reloader {
     /// Compiles the rule files and, if they are all valid, swaps them in.
     /// Returns the errors, one `file:line:column: message` per line, otherwise.
     pub fn reload(&mut self) -> Result<Replaced, String> {
-        self.seen = fingerprint(&self.path);
+        self.seen = fingerprint(&self.path, &self.engine);
         let result = load_rules(&self.path, self.available)
             .map_err(|errors| errors.to_string())
             .and_then(|set| {
@@ -96,7 +98,7 @@ impl Reloader {
 
     /// Whether a rule file was added, removed or changed since the last look.
     pub fn changed(&self) -> bool {
-        fingerprint(&self.path) != self.seen
+        fingerprint(&self.path, &self.engine) != self.seen
     }
 
     /// Reloads on SIGHUP and, when `poll` is given, on file changes, until `shutdown`.

@@ -634,3 +634,107 @@ fn a_code_key_file_from_the_environment_is_read_where_the_process_runs() {
     );
     assert!(!stderr.contains("no_code_key"), "{stderr}");
 }
+
+/// The issuer's raw decoys become a honey list through `hash-codes` (with
+/// the deployment's code key); an attempt that gives a decoy raw, as
+/// `card.code`, is hashed on arrival and caught. No raw code reaches the
+/// list, the decisions or the logs, and a raw code put in a list by mistake
+/// is refused without being shown.
+#[test]
+fn a_raw_decoy_code_is_hashed_on_arrival_and_caught_by_a_honey_list_made_with_hash_codes() {
+    use std::io::Write as _;
+    const KEY: &str = "honey-test-code-key";
+    let decoys = ["XMI-DECOY-0001-7731", "XMI-DECOY-0002-1180"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut child = kamiguard()
+        .arg("hash-codes")
+        .env("KAMIGUARD_CODE_KEY", KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hash-codes");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{}\n\n{}\n", decoys[0], decoys[1]).as_bytes())
+        .expect("write codes");
+    let out = child.wait_with_output().expect("hash-codes ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "one hash per code, blank lines skipped: {list}"
+    );
+    assert!(list.lines().all(|l| l.len() == 64), "{list}");
+    for d in decoys {
+        assert!(!list.contains(d) && !String::from_utf8_lossy(&out.stderr).contains(d));
+    }
+    std::fs::create_dir(tmp.path().join("rules")).expect("mkdir");
+    std::fs::write(tmp.path().join("rules/decoys.txt"), &list).expect("list");
+    std::fs::write(
+        tmp.path().join("rules/honey.toml"),
+        "[[rule]]\nid = \"honey\"\nkind = \"honey\"\nhoney_list = \"decoys.txt\"\nscope = \"account\"\naction = \"freeze\"\nscore = 100\n",
+    )
+    .expect("rule");
+    let attempt = |id: &str, account: &str, code: &str| {
+        format!(
+            r#"{{"event_id":"{id}","ts":"2026-11-22T10:00:0{}Z","kind":"redemption","outcome":"invalid_code","card":{{"code":"{code}"}},"account":{{"id":"{account}"}}}}"#,
+            id.len() % 10
+        )
+    };
+    let events = tmp.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        [
+            attempt("e-1", "u-honest", "XMI-REAL-0003-5512"),
+            attempt("e-22", "u-thief", decoys[1]),
+        ]
+        .join("\n"),
+    )
+    .expect("events");
+    let replay = |key: &str| {
+        kamiguard()
+            .arg("replay")
+            .arg(&events)
+            .arg("--rules")
+            .arg(tmp.path().join("rules"))
+            .env("KAMIGUARD_CODE_KEY", key)
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("replay")
+    };
+    let out = replay(KEY);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let decisions = without_decided_at(&String::from_utf8(out.stdout.clone()).expect("utf-8"));
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["rule"], "honey");
+    assert_eq!(decisions[0]["subject"], "u-thief");
+    assert_eq!(decisions[0]["evidence"]["honey_list"], "decoys.txt");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in decoys.iter().chain(&["XMI-REAL-0003-5512"]) {
+        assert!(!all.contains(d), "a raw code reached the output: {d}");
+    }
+    // Hashed under another key, the same decoy is another hash: not caught.
+    let other = replay("another-deployments-key");
+    assert!(other.status.success());
+    assert!(other.stdout.is_empty(), "{}", String::from_utf8_lossy(&other.stdout));
+
+    // A raw code in a list is refused, by line, without being shown.
+    std::fs::write(tmp.path().join("rules/decoys.txt"), format!("{list}{}\n", decoys[0])).expect("list");
+    let check = kamiguard()
+        .arg("check-rules")
+        .arg(tmp.path().join("rules"))
+        .output()
+        .expect("check-rules");
+    let said = String::from_utf8_lossy(&check.stderr).to_string() + &String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success());
+    assert!(said.contains("line 3") && said.contains("not a code hash"), "{said}");
+    assert!(!said.contains(decoys[0]), "{said}");
+}

@@ -39,11 +39,13 @@ fn every_shipped_rule_has_an_attack_and_a_legit_scenario() {
     let rules = load_rules(&common::root().join("config/rules"), geo.available()).expect("shipped rules load");
     let scenarios = common::root().join("tests/scenarios");
     for rule in &rules.rules {
-        // corporate-bulk-review is the review half of bulk-drain: its attack is bulk-drain-legit.
-        let attack = if &*rule.id == "corporate-bulk-review" {
-            "bulk-drain-legit".to_string()
-        } else {
-            rule.id.to_string()
+        // corporate-bulk-review is the review half of bulk-drain: its attack
+        // is bulk-drain-legit. The three honey rules fire together, on one
+        // attempt: one scenario shows them.
+        let attack = match &*rule.id {
+            "corporate-bulk-review" => "bulk-drain-legit".to_string(),
+            id if id.starts_with("honey-code-") => "honey-code".to_string(),
+            id => id.to_string(),
         };
         let expected = std::fs::read_to_string(scenarios.join(&attack).join("expected.jsonl")).unwrap_or_default();
         assert!(

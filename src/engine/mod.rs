@@ -111,6 +111,9 @@ pub struct Engine {
     /// New keys refused by stores dropped on reload (a rule changed or
     /// removed), by store name: the count by store never goes back.
     retired_cap_hits: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Hits of states dropped on reload (see `RuleKind::hits`), by rule id,
+    /// so that a rule's count never goes back when its definition changes.
+    retired_hits: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     config: EngineConfig,
 }
 
@@ -216,6 +219,7 @@ impl Engine {
             restoring: AtomicBool::new(false),
             decisions: AtomicU64::new(0),
             retired_cap_hits: Default::default(),
+            retired_hits: Default::default(),
             config,
         })
     }
@@ -387,6 +391,27 @@ impl Engine {
         if rules.needs_card_memory {
             self.cards.prefetch(keys.card);
         }
+    }
+
+    /// Per honey rule in force: its id, the decoys on its list, and the
+    /// attempts on them since the engine started (earlier definitions of the
+    /// rule included).
+    pub fn honey_counts(&self) -> Vec<(Arc<str>, usize, u64)> {
+        let loaded = self.loaded();
+        let retired = self.retired_hits.lock().unwrap_or_else(|p| p.into_inner());
+        loaded
+            .rules
+            .rules
+            .iter()
+            .zip(&loaded.states)
+            .filter_map(|(rule, state)| match &rule.kind {
+                crate::rules::CompiledKind::Honey { list } => {
+                    let before = retired.get(&*rule.id).copied().unwrap_or(0);
+                    Some((rule.id.clone(), list.len(), before + state.hits()?))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Per open geo database: lookups answered from a kept record, records decoded.

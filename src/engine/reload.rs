@@ -62,6 +62,12 @@ impl Engine {
         for c in by_version.values().filter_map(RuleState::cap_hits) {
             *retired.entry(c.store).or_default() += c.hits;
         }
+        let mut retired_hits = self.retired_hits.lock().unwrap_or_else(|p| p.into_inner());
+        for ((id, _), state) in &by_version {
+            if let Some(hits) = state.hits() {
+                *retired_hits.entry(id.to_string()).or_default() += hits;
+            }
+        }
         *loaded = Loaded {
             rules,
             states,

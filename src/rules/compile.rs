@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::errors::Located;
 use super::filter::{mask, Filter};
+use super::honey::HoneyList;
 use super::spec::{Action, Aggregate, FilterSpec, KeyName, Mode, RuleKind, RuleSpec};
 use crate::enrich::{GeoNeeds, NetworkFlags};
 use crate::event::Country;
@@ -71,6 +73,10 @@ pub enum CompiledKind {
         burst: NonZeroU32,
     },
     Match,
+    /// An attempt on a decoy code of `list`.
+    Honey {
+        list: Arc<HoneyList>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +125,7 @@ impl CompiledRule {
     pub fn group_by(&self) -> Option<KeyName> {
         match self.kind {
             CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => Some(group_by),
-            CompiledKind::Match => None,
+            CompiledKind::Match | CompiledKind::Honey { .. } => None,
         }
     }
 
@@ -138,11 +144,16 @@ fn rule_version(spec: &RuleSpec) -> Arc<str> {
     hex::encode(&Sha256::digest(&canonical)[..6]).into()
 }
 
+/// Honey lists read while compiling one rule set, by path: rules that name
+/// the same list share one copy.
+pub(crate) type HoneyLists = std::collections::HashMap<std::path::PathBuf, Arc<HoneyList>>;
+
 /// Compiles one rule; on failure the errors are in `errs` and `None` returns.
 pub(crate) fn compile_rule(
     spec: &RuleSpec,
     table_start: usize,
     available: GeoNeeds,
+    lists: &mut HoneyLists,
     errs: &mut Located,
 ) -> Option<CompiledRule> {
     let before = errs.len();
@@ -169,6 +180,7 @@ pub(crate) fn compile_rule(
         RuleKind::Threshold => "threshold",
         RuleKind::Quota => "quota",
         RuleKind::Match => "match",
+        RuleKind::Honey => "honey",
     };
     let mut misplaced = |fields: &[(&str, Option<usize>)]| {
         for (name, at) in fields {
@@ -183,9 +195,14 @@ pub(crate) fn compile_rule(
     if kind != RuleKind::Quota {
         misplaced(&quota_only);
     }
-    if kind == RuleKind::Match {
+    if kind != RuleKind::Honey {
+        if let Some(l) = &spec.honey_list {
+            errs.at(l, format!("`honey_list` has no meaning for a {kind_name} rule"));
+        }
+    }
+    if matches!(kind, RuleKind::Match | RuleKind::Honey) {
         if let Some(g) = &spec.group_by {
-            errs.at(g, "`group_by` has no meaning for a match rule".into());
+            errs.at(g, format!("`group_by` has no meaning for a {kind_name} rule"));
         }
     }
 
@@ -326,11 +343,34 @@ pub(crate) fn compile_rule(
             }
         }
         RuleKind::Match => Some(CompiledKind::Match),
+        RuleKind::Honey => match &spec.honey_list {
+            None => {
+                errs.at(&spec.kind, "a honey rule needs `honey_list`".into());
+                None
+            }
+            Some(name) => {
+                let path = errs.file().parent().unwrap_or(Path::new(".")).join(name.get_ref());
+                let loaded = match lists.get(&path) {
+                    Some(list) => Ok(list.clone()),
+                    None => HoneyList::load(&path, name.get_ref()).map(Arc::new),
+                };
+                match loaded {
+                    Ok(list) => {
+                        lists.insert(path, list.clone());
+                        Some(CompiledKind::Honey { list })
+                    }
+                    Err(e) => {
+                        errs.at(name, e);
+                        None
+                    }
+                }
+            }
+        },
     };
 
     let scope = match (&spec.scope, &spec.group_by) {
         (Some(s), _) => *s.get_ref(),
-        (None, Some(g)) if kind != RuleKind::Match => *g.get_ref(),
+        (None, Some(g)) if !matches!(kind, RuleKind::Match | RuleKind::Honey) => *g.get_ref(),
         _ => KeyName::Account,
     };
     let action = *spec.action.get_ref();

@@ -60,6 +60,11 @@ impl<'a> Located<'a> {
         }
     }
 
+    /// The file being read.
+    pub(crate) fn file(&self) -> &Path {
+        self.file
+    }
+
     /// The errors found, in the order they appear in the file.
     pub(crate) fn into_sorted(mut self) -> Vec<RuleError> {
         self.errors.sort_by_key(|e| (e.line, e.column));

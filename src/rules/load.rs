@@ -56,7 +56,7 @@ impl RuleSet {
             longest = longest.max(match r.kind {
                 super::CompiledKind::Threshold { window_ms, .. } => window_ms,
                 super::CompiledKind::Quota { period_ms, .. } => period_ms,
-                super::CompiledKind::Match => 0,
+                super::CompiledKind::Match | super::CompiledKind::Honey { .. } => 0,
             });
         }
         let home_geo_needs = KeyName::ALL
@@ -87,6 +87,22 @@ impl RuleSet {
     pub fn only(&self, ids: &[&str]) -> RuleSet {
         let kept = self.rules.iter().filter(|r| ids.contains(&&*r.id)).cloned().collect();
         RuleSet::new(kept, self.disabled.clone())
+    }
+
+    /// The honey list files the rules read, each once: hot reload watches
+    /// them beside the rule files.
+    pub fn honey_lists(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self
+            .rules
+            .iter()
+            .filter_map(|r| match &r.kind {
+                super::CompiledKind::Honey { list } => Some(list.path.clone()),
+                _ => None,
+            })
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     /// Databases the rules at `home` need (all rules' for `None`).
@@ -197,6 +213,7 @@ pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Re
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut disabled = Vec::new();
     let mut seen_ids: Vec<(String, PathBuf, usize, usize)> = Vec::new();
+    let mut lists = super::compile::HoneyLists::new();
     for (file, src) in sources {
         let mut errs = Located::new(file, src);
         for (spec, table_start) in parse_file(src, &mut errs) {
@@ -221,7 +238,7 @@ pub fn compile_sources(sources: &[(PathBuf, String)], available: GeoNeeds) -> Re
                     anonymous: true,
                 }
             };
-            let compiled = compile_rule(&spec, table_start, available, &mut errs);
+            let compiled = compile_rule(&spec, table_start, available, &mut lists, &mut errs);
             if !spec.enabled {
                 disabled.push(id);
             } else if let Some(rule) = compiled {

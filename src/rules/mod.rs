@@ -6,6 +6,7 @@
 pub mod compile;
 pub mod errors;
 pub mod filter;
+pub mod honey;
 pub mod load;
 pub mod spec;
 

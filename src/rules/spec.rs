@@ -22,7 +22,8 @@ pub struct RuleSpec {
     #[serde(default)]
     pub description: String,
     /// `threshold` (an aggregate over a window crosses a line), `quota` (GCRA
-    /// rate limit per key) or `match` (a single attempt is enough).
+    /// rate limit per key), `match` (a single attempt is enough) or `honey`
+    /// (an attempt on a decoy code from `honey_list`).
     pub kind: Spanned<RuleKind>,
     /// `false` keeps the rule in the file but switches it off.
     #[serde(default = "yes")]
@@ -56,6 +57,9 @@ pub struct RuleSpec {
     /// quota: attempts allowed back to back (default: `limit`).
     #[serde(default)]
     pub burst: Option<Spanned<u32>>,
+    /// honey: the file of decoy code hashes, relative to this rule file.
+    #[serde(default)]
+    pub honey_list: Option<Spanned<String>>,
     /// Words for what is counted, used in the reason sentence ("failed codes").
     #[serde(default)]
     pub noun: Option<String>,
@@ -86,6 +90,7 @@ pub enum RuleKind {
     Threshold,
     Quota,
     Match,
+    Honey,
 }
 
 /// A key state can be grouped by, and a decision scope.

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +25,12 @@ use crate::enrich::GeoDatabases;
 use crate::event::CodeHasher;
 use crate::kafka::{run, KafkaConfig, PipelineConfig, RunError, RunStats, Settings};
 use crate::metrics::{serve, Health, Metrics};
-use crate::rules::{compile_sources, RuleSet};
+use crate::rules::{load_rules, RuleSet};
 use crate::tools::generate::Traffic;
 
-/// The shipped rule pack, built in so the demo runs from anywhere.
-pub const RULE_PACK: [(&str, &str); 3] = [
+/// The shipped rule pack, built in so the demo runs from anywhere: its
+/// files, as paths under `config/rules`, and their text.
+pub const RULE_PACK: [(&str, &str); 5] = [
     (
         "config/rules/10-guessing.toml",
         include_str!("../../config/rules/10-guessing.toml"),
@@ -42,6 +42,14 @@ pub const RULE_PACK: [(&str, &str); 3] = [
     (
         "config/rules/30-geo.toml",
         include_str!("../../config/rules/30-geo.toml"),
+    ),
+    (
+        "config/rules/40-honey.toml",
+        include_str!("../../config/rules/40-honey.toml"),
+    ),
+    (
+        "config/rules/honey/decoys.txt",
+        include_str!("../../config/rules/honey/decoys.txt"),
     ),
 ];
 
@@ -120,17 +128,20 @@ pub async fn demo(
         GeoDatabases::open(&crate::tools::fixtures::write_geo_fixtures(&dir)?)
             .map_err(|e| DemoError::Setup(e.to_string()))?,
     );
-    let _ = std::fs::remove_dir_all(&dir);
     let rules = match options.rules.clone() {
         Some(r) => r,
         None => {
-            let sources: Vec<(PathBuf, String)> = RULE_PACK
-                .iter()
-                .map(|(p, t)| (PathBuf::from(p), t.to_string()))
-                .collect();
-            Arc::new(compile_sources(&sources, geo.available()).map_err(|e| DemoError::Setup(e.to_string()))?)
+            // Written out and read back: the honey rules name their list by path.
+            let pack = dir.join("rules");
+            for (path, text) in RULE_PACK {
+                let to = pack.join(path.trim_start_matches("config/rules/"));
+                std::fs::create_dir_all(to.parent().unwrap_or(&pack))?;
+                std::fs::write(&to, text)?;
+            }
+            Arc::new(load_rules(&pack, geo.available()).map_err(|e| DemoError::Setup(e.to_string()))?)
         }
     };
+    let _ = std::fs::remove_dir_all(&dir);
     let engine = Arc::new(
         Engine::new(
             rules.clone(),

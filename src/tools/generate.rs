@@ -57,7 +57,7 @@ pub struct Traffic {
     step_ms: i64,
     /// How many attempts each multi-step attack has made: its next step,
     /// and which actor makes it.
-    seq: [u64; 7],
+    seq: [u64; 8],
 }
 
 impl Traffic {
@@ -67,7 +67,7 @@ impl Traffic {
             i: 0,
             start_ms,
             step_ms: (1000 / rate_per_sec.max(1)).max(1) as i64,
-            seq: [0; 7],
+            seq: [0; 8],
         }
     }
 
@@ -176,7 +176,7 @@ impl Traffic {
             // The other attacks of the pack, one in a thousand each, so every
             // rule fires within the demo's first minute. Each is a run of
             // steps by one actor; `step` says which, `k` which actor.
-            30..=36 => {
+            30..=37 => {
                 let shape = (roll - 30) as usize;
                 let n = seq[shape];
                 seq[shape] += 1;
@@ -270,6 +270,21 @@ impl Traffic {
                             (format!("100.64.200.{}", k % 250), format!("fp-thief-{k}"), 60_000)
                         };
                         attempt(rng, i, &ts, "success", &acct, &ip, &dev, face, old, true)
+                    }
+                    // a leaked code list worked through by one account, device
+                    // and address each: eight codes, the fourth a decoy of
+                    // the shipped honey list (`config/rules/honey/decoys.txt`)
+                    7 => {
+                        let (k, step) = (n / 8, n % 8);
+                        let (acct, dev) = (format!("u-leak-{k}"), format!("fp-leak-{k}"));
+                        let code = if step == 3 {
+                            format!("dec0dec0{:08x}", k % 16)
+                        } else {
+                            format!("1eaced{k:06x}{step:04x}")
+                        };
+                        let x = Extra { code: Some(code), ..x };
+                        let ip = format!("175.16.199.{}", 210 + k % 10);
+                        attempt_with(rng, i, &ts, "invalid_code", &acct, &ip, &dev, 10000, old, true, &x)
                     }
                     // an account of another country (US) with a new device,
                     // redeeming ¥1,500 in Beijing

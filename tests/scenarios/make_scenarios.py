@@ -216,3 +216,25 @@ write("hosting-or-anonymous-legit",
       [ev("hl-1", 0, "u-home4", ip="175.16.199.170", device="fp-h4", face=10000),
        ev("hl-2", 60, "u-home6", ip="2001:db8::7", device="fp-h6", face=10000)],
       [])
+
+# a leaked code list worked through: five codes, the third a decoy of the
+# shipped honey list (config/rules/honey/decoys.txt); a second decoy later
+# decides nothing new (the subjects are decided already).
+leak = [ev(f"hc-{i}", i * 20, "u-leak", "invalid_code", ip="175.16.199.230", device="fp-leak", card=f"leaked-{i}")
+        for i in range(5)]
+leak[2]["card"]["code_hash"] = "dec0dec000000003"
+leak.append(ev("hc-5", 200, "u-leak", "invalid_code", ip="175.16.199.230", device="fp-leak"))
+leak[-1]["card"]["code_hash"] = "dec0dec00000000c"
+write("honey-code", leak,
+      [{"rule": "honey-code-account", "action": "freeze", "scope": "account", "subject": "u-leak",
+        "score": 100, "trigger_event_id": "hc-2", "evidence": {"honey_list": "honey/decoys.txt"}},
+       {"rule": "honey-code-device", "action": "block", "scope": "device", "subject": "fp-leak", "trigger_event_id": "hc-2"},
+       {"rule": "honey-code-ip", "action": "block", "scope": "ip", "subject": "175.16.199.230", "trigger_event_id": "hc-2"}])
+
+# honest customers: a code whose hash differs from a decoy by one digit, and
+# a mistyped code followed by the right one.
+honest = [ev("hl-1", 0, "u-honest-1", ip="175.16.199.231", device="fp-honest-1", face=10000),
+          ev("hl-2", 30, "u-honest-2", "invalid_code", ip="175.16.199.232", device="fp-honest-2"),
+          ev("hl-3", 60, "u-honest-2", ip="175.16.199.232", device="fp-honest-2", face=5000)]
+honest[0]["card"]["code_hash"] = "dec0dec000000013"
+write("honey-code-legit", honest, [])

@@ -1,4 +1,4 @@
-//! The kinds of rule, one file each: a kind's per-key state, how an attempt
+//! The kinds of rule, one file each (threshold, quota, match, honey): a kind's per-key state, how an attempt
 //! updates it, how its keys are prefetched, swept and capped, when it
 //! decides, and how its decision is worded.
 //!
@@ -8,6 +8,7 @@
 //! matched exhaustively: a compiled kind left unregistered does not build.
 //! The engine holds one [`RuleState`] per rule and never looks inside it.
 
+mod honey;
 mod matching;
 mod quota;
 mod threshold;
@@ -53,6 +54,12 @@ pub(super) trait RuleKind: Sized {
 
     /// New keys refused at the budget's cap; `None` for a kind with no store.
     fn cap_hits(&self) -> Option<CapHits> {
+        None
+    }
+
+    /// Attempts this kind's own condition caught, decided or not, for a
+    /// kind that counts them (honey: attempts on decoys).
+    fn hits(&self) -> Option<u64> {
         None
     }
 
@@ -103,6 +110,12 @@ macro_rules! kinds {
                 }
             }
 
+            pub(super) fn hits(&self) -> Option<u64> {
+                match self {
+                    $(RuleState::$variant(s) => s.hits(),)*
+                }
+            }
+
             #[inline]
             pub(super) fn evaluate(
                 &self,
@@ -124,4 +137,5 @@ kinds! {
     Threshold: threshold::Threshold = CompiledKind::Threshold { .. },
     Quota: quota::Quota = CompiledKind::Quota { .. },
     Match: matching::Match = CompiledKind::Match,
+    Honey: honey::Honey = CompiledKind::Honey { .. },
 }

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// By store: a rule's id, "account memory" or "card memory".
     pub state_cap_hits: IntCounterVec,
     pub active_decisions: IntGaugeVec,
+    /// By rule with a ladder and step: decisions published.
+    pub ladder_decisions: IntCounterVec,
     /// By honey rule: decoys on its list.
     pub honey_entries: IntGaugeVec,
     /// By honey rule: attempts on its decoys.
@@ -182,6 +184,11 @@ impl Metrics {
                 &["store"],
             ),
             active_decisions: gauge("active_decisions", "Decisions in force, by scope.", &["scope"]),
+            ladder_decisions: counter(
+                "ladder_decisions_total",
+                "Decisions of rules with a ladder, by the step the subject stood on (offence 1 is a first decision; 2 and up are repeat offenders).",
+                &["rule", "offence"],
+            ),
             honey_entries: gauge(
                 "honey_list_entries",
                 "Decoy codes on each honey rule's list (0: an empty list catches nothing).",

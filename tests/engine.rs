@@ -593,6 +593,7 @@ score = 40
         ("account memory", 0),
         ("card memory", 0),
         ("ip-guessing", 0),
+        ("offences", 0),
         ("quota", 0),
     ];
     assert_eq!(series(&metrics), zeros.map(|(s, n)| (s.to_string(), n)).into());
@@ -704,4 +705,76 @@ fn a_guessing_flood_does_not_blind_the_shared_code_rule() {
     assert_eq!(freezes.len(), 1, "{out:#?}");
     assert_eq!(freezes[0].subject, leaked);
     assert_eq!(refusals(&engine), vec![], "the flood cost no store a key");
+}
+
+/// The ladder survives a restart: what a subject earned is carried by the
+/// decisions themselves (`evidence.offence`), so an engine that has read
+/// the decisions topic (as `run` does at start, through `book_published`)
+/// climbs where the one before it left off; one that has not starts again.
+#[test]
+fn a_repeat_offender_climbs_the_ladder_after_a_restart_from_the_decisions_topic() {
+    let rules = r#"[[rule]]
+id = "ip-guessing"
+kind = "threshold"
+filter = { failed = true }
+group_by = "ip"
+aggregate = "count"
+window_secs = 600
+threshold = 3
+action = "block"
+ladder_secs = [3600, 21600, 0]
+repeat_within_secs = 86400
+score = 80
+"#;
+    let hasher = CodeHasher::without_key();
+    let burst = |from: i64| -> Vec<Event> {
+        (0..3)
+            .map(|i| {
+                let ts = kamiguard::event::format_ts(1_764_000_000_000 + (from + i) * 1000);
+                let line = format!(
+                    r#"{{"event_id":"e-{from}-{i}","ts":"{ts}","kind":"redemption","outcome":"invalid_code","card":{{"code_hash":"abcdef01{i:04}{from:08}"}},"account":{{"id":"u-{from}"}},"ip":"203.0.113.9"}}"#
+                );
+                parse(line.as_bytes(), &hasher).expect("event")
+            })
+            .collect()
+    };
+    let decide = |engine: &Engine, events: &[Event]| -> Vec<kamiguard::decision::Decision> {
+        let mut out = Vec::new();
+        for e in events {
+            engine.process(e, &mut out);
+        }
+        out
+    };
+    let config = EngineConfig::default();
+    let first = engine_of(rules, config.clone());
+    let d1 = decide(&first, &burst(0));
+    assert_eq!(d1.len(), 1);
+    assert_eq!(d1[0].evidence["offence"], 1);
+    assert_eq!(d1[0].until.as_deref(), Some("2025-11-24T17:00:02.000Z"), "an hour");
+    // The same process, two hours later: the second step, six hours.
+    let d2 = decide(&first, &burst(7200));
+    assert_eq!(d2[0].evidence["offence"], 2);
+    assert!(d2[0].reason.contains("offence 2, 6h"), "{}", d2[0].reason);
+
+    // A restart before the second burst: the new engine reads the topic.
+    let restarted = engine_of(rules, config.clone());
+    let published = serde_json::to_vec(&d1[0]).expect("json");
+    assert!(restarted.book_published(&published));
+    let again = decide(&restarted, &burst(7200));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].evidence["offence"], 2, "climbed from the topic");
+    assert_eq!(again[0].until, d2[0].until, "as the engine that never stopped");
+    assert_eq!(again[0].decision_id, d2[0].decision_id);
+
+    // Without the topic it would have started over: the record is the topic.
+    let forgetful = engine_of(rules, config.clone());
+    assert_eq!(decide(&forgetful, &burst(7200))[0].evidence["offence"], 1);
+
+    // Past the ladder's end the last step holds: until released.
+    let d3 = decide(&first, &burst(7200 + 7 * 3600));
+    assert_eq!(d3[0].evidence["offence"], 3);
+    assert_eq!(d3[0].until, None);
+    // Days later the block is still in force: nothing new to publish.
+    let later = decide(&first, &burst(7200 + 7 * 3600 + 2 * 86400));
+    assert!(later.is_empty(), "the until-released block is still in force");
 }

@@ -12,6 +12,7 @@ use super::Engine;
 use crate::decision::{decision_id, Active, Decision};
 use crate::event::{format_ts, Event};
 use crate::rules::{Action, CompiledRule, Facts, KeyName, Mode};
+use crate::units::human_ms;
 
 impl Engine {
     /// The decision `rule` makes on `e`, if the book admits it (no decision
@@ -31,7 +32,16 @@ impl Engine {
             return None;
         }
         let subject = subject(rule.scope, e, keys, facts)?;
-        let until_ms = rule.duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
+        // A rule with a ladder lasts as long as the subject's step says.
+        let step = rule
+            .ladder
+            .as_ref()
+            .map(|l| (l, self.ladder_step(rule, l, &subject, e.ts_ms)));
+        let duration_ms = match step {
+            Some((l, s)) => l.duration_ms(s),
+            None => rule.duration_ms,
+        };
+        let until_ms = duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
         if !self.book.admit(
             (rule.scope, &subject, rule.mode),
             &rule.id,
@@ -41,9 +51,21 @@ impl Engine {
         ) {
             return None;
         }
-        let (reason, mut evidence, samples) = explain(&subject);
+        let (mut reason, mut evidence, samples) = explain(&subject);
         if let Value::Object(map) = &mut evidence {
             map.insert("outcome".into(), json!(e.outcome));
+            if let Some((ladder, step)) = step {
+                self.record_offence(rule, ladder, &subject, e.ts_ms, step);
+                map.insert("offence".into(), json!(step + 1));
+                if step > 0 {
+                    reason.push_str(&format!(
+                        "; decided again within {}: offence {}, {}",
+                        human_ms(ladder.within_ms),
+                        step + 1,
+                        duration_ms.map_or("until released".to_string(), human_ms)
+                    ));
+                }
+            }
         }
         Some(Decision {
             decision_id: decision_id(&rule.id, &rule.version, rule.scope, &subject, e.ts_ms, &e.event_id),
@@ -52,7 +74,7 @@ impl Engine {
             action: rule.action,
             scope: rule.scope,
             subject,
-            until: rule.duration_ms.map(|_| format_ts(until_ms)),
+            until: duration_ms.map(|_| format_ts(until_ms)),
             rule: rule.id.clone(),
             rule_version: rule.version.clone(),
             mode: rule.mode,
@@ -70,6 +92,7 @@ impl Engine {
         match Active::from_published(payload) {
             Some(a) => {
                 self.book.apply(a);
+                self.offence_published(payload);
                 true
             }
             None => false,

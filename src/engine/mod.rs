@@ -14,6 +14,7 @@
 //! - `memory`: account and card memory, and the facts the rules read from it.
 //! - `allow`: rule and shared allowlists.
 //! - `decide`: the book's admission, the decision record, releases.
+//! - `ladder`: repeat offenders, longer decisions step by step.
 //! - `route`: what the split pipeline routes where.
 //! - `sweep`: evicting keys that can no longer change a decision.
 //! - `reload`: swapping rule sets, keeping unchanged rules' state.
@@ -24,6 +25,7 @@ mod config;
 mod decide;
 mod keys;
 mod kinds;
+mod ladder;
 mod memory;
 mod reload;
 mod route;
@@ -96,6 +98,8 @@ pub struct Engine {
     accounts: KeyedStore<AccountMemory>,
     cards: KeyedStore<CardMemory>,
     book: DecisionBook,
+    /// Repeat offenders' records (see `ladder`).
+    offences: ladder::Offences,
     seen: SeenEvents,
     clock: EventClock,
     budget: Arc<StateBudget>,
@@ -208,6 +212,8 @@ impl Engine {
             // the window budget must not make active decisions forgettable
             // (that would republish every decision on every attempt).
             book: DecisionBook::new(StateBudget::new(config.max_keys)),
+            // As the book's: a budget of its own, for the same reason.
+            offences: KeyedStore::new(StateBudget::new(config.max_keys)).named("offences"),
             seen: SeenEvents::new(config.dedup_ms(), config.dedup_max_ids),
             clock,
             budget,

@@ -54,11 +54,11 @@ impl Engine {
 
 /// Whether anything at `home` could change for `e`: a rule there that the
 /// attempt's own fields could pass (facts are not known before the home
-/// looks them up), or the memory kept there (account memory learns from
+/// looks them up; see `CompiledRule::may_match`), or the memory kept there (account memory learns from
 /// successes, card memory from successful activations).
 fn wants(rules: &RuleSet, e: &Event, home: KeyName) -> bool {
     let success = e.outcome == Outcome::Success;
     (home == KeyName::Account && rules.needs_account_memory && success)
         || (home == KeyName::Card && rules.needs_card_memory && success && e.kind == Kind::Activation)
-        || rules.rules.iter().any(|r| r.home == home && r.filter.may_match(e))
+        || rules.rules.iter().any(|r| r.home == home && r.may_match(e))
 }

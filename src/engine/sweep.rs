@@ -71,6 +71,8 @@ impl Engine {
         let ttl = self.config.memory_ttl_ms();
         evicted += sweep(ttl, &|h| self.accounts.evict_idle(h));
         evicted += sweep(ttl, &|h| self.cards.evict_idle(h));
+        let offences = self.offence_span_ms(&loaded.rules.rules);
+        evicted += sweep(offences, &|h| self.offences.evict_idle(h));
         evicted += self.book.expire(now);
         evicted
     }
@@ -88,10 +90,14 @@ impl Engine {
     /// refusals stay in its count.
     pub fn cap_hits_by_store(&self) -> Vec<CapHits> {
         let loaded = self.loaded();
-        let mut all: Vec<CapHits> = [self.accounts.cap_hits(), self.cards.cap_hits()]
-            .into_iter()
-            .chain(loaded.states.iter().filter_map(|s| s.cap_hits()))
-            .collect();
+        let mut all: Vec<CapHits> = [
+            self.accounts.cap_hits(),
+            self.cards.cap_hits(),
+            self.offences.cap_hits(),
+        ]
+        .into_iter()
+        .chain(loaded.states.iter().filter_map(|s| s.cap_hits()))
+        .collect();
         for (store, hits) in self.retired_cap_hits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             match all.iter_mut().find(|c| c.store == *store) {
                 Some(c) => c.hits += hits,

@@ -179,6 +179,13 @@ impl MessageHandler<'_> {
                 .decisions
                 .with_label_values(&[&*d.rule, d.action.as_str(), d.scope.as_str(), d.mode.as_str()])
                 .inc();
+            // A ladder has at most eight steps: the label stays small.
+            if let Some(offence) = d.evidence.get("offence").and_then(|o| o.as_u64()) {
+                metrics
+                    .ladder_decisions
+                    .with_label_values(&[&*d.rule, &offence.to_string()])
+                    .inc();
+            }
         }
         Ok(())
     }

@@ -45,6 +45,8 @@ pub struct CompiledRule {
     pub scope: KeyName,
     /// `None`: until released.
     pub duration_ms: Option<i64>,
+    /// Repeat offenders: longer decisions for a subject decided again.
+    pub ladder: Option<Ladder>,
     pub score: u8,
     pub mode: Mode,
     pub noun: String,
@@ -78,6 +80,31 @@ pub enum CompiledKind {
         list: Arc<HoneyList>,
     },
 }
+
+/// A rule's ladder of durations for repeat offenders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ladder {
+    /// Each step's duration, ms (`None`: until released).
+    pub steps_ms: Vec<Option<i64>>,
+    /// How recent the subject's last decision by the rule must be for the
+    /// next to climb a step, ms.
+    pub within_ms: i64,
+}
+
+impl Ladder {
+    /// The duration of the decision that is the subject's offence number
+    /// `step` (0 for the first), ms; the last step repeats.
+    pub fn duration_ms(&self, step: u32) -> Option<i64> {
+        let last = self.steps_ms.len().saturating_sub(1);
+        self.steps_ms.get((step as usize).min(last)).copied().flatten()
+    }
+}
+
+/// Longest a ladder remembers a subject's last decision: a year.
+pub const MAX_REPEAT_WITHIN_SECS: u64 = 366 * 86_400;
+
+/// Most steps a ladder may have.
+pub const MAX_LADDER_STEPS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompiledAggregate {
@@ -120,6 +147,18 @@ impl CompiledRule {
             keys.push(k);
         }
         keys
+    }
+
+    /// Whether the attempt's own fields could make this rule decide, before
+    /// any fact is looked up: its filter could pass, and for a honey rule
+    /// the card is on the list (so a split pipeline routes only decoys to
+    /// the honey rules' homes, not every attempt).
+    pub fn may_match(&self, e: &crate::event::Event) -> bool {
+        self.filter.may_match(e)
+            && match &self.kind {
+                CompiledKind::Honey { list } => list.contains(key_of(e.card.code_hash.as_ref())),
+                _ => true,
+            }
     }
 
     pub fn group_by(&self) -> Option<KeyName> {
@@ -426,6 +465,8 @@ pub(crate) fn compile_rule(
         _ => "attempts".into(),
     });
 
+    let ladder = compile_ladder(spec, errs);
+
     let mut rule = CompiledRule {
         id: id.as_str().into(),
         version: rule_version(spec),
@@ -438,6 +479,7 @@ pub(crate) fn compile_rule(
             .duration_secs
             .filter(|d| *d > 0)
             .map(|d| secs_to_ms(d.min(MAX_DURATION_SECS))),
+        ladder,
         score: (*spec.score.get_ref()).min(100) as u8,
         mode: spec.mode,
         noun,
@@ -471,6 +513,67 @@ pub(crate) fn compile_rule(
         }
     }
     (errs.len() == before).then_some(rule)
+}
+
+/// `ladder_secs` and `repeat_within_secs`, which go together and replace
+/// `duration_secs`.
+fn compile_ladder(spec: &RuleSpec, errs: &mut Located) -> Option<Ladder> {
+    let (steps, within) = match (&spec.ladder_secs, &spec.repeat_within_secs) {
+        (None, None) => return None,
+        (Some(_), None) => {
+            errs.at(
+                &spec.kind,
+                "a rule with `ladder_secs` needs `repeat_within_secs`".into(),
+            );
+            return None;
+        }
+        (None, Some(w)) => {
+            errs.at(w, "`repeat_within_secs` has no meaning without `ladder_secs`".into());
+            return None;
+        }
+        (Some(s), Some(w)) => (s, w),
+    };
+    let before = errs.len();
+    if spec.duration_secs.is_some() {
+        errs.at(
+            steps,
+            "`ladder_secs` gives the durations: leave `duration_secs` out".into(),
+        );
+    }
+    if steps.get_ref().is_empty() || steps.get_ref().len() > MAX_LADDER_STEPS {
+        errs.at(steps, format!("`ladder_secs` must have 1 to {MAX_LADDER_STEPS} steps"));
+    }
+    // 0 is "until released": the longest there is.
+    let length = |s: u64| if s == 0 { u64::MAX } else { s };
+    if steps.get_ref().windows(2).any(|w| length(w[1]) < length(w[0])) {
+        errs.at(
+            steps,
+            "`ladder_secs` must not get shorter from one step to the next (0, until released, is the longest)".into(),
+        );
+    }
+    if steps.get_ref().iter().any(|s| *s > MAX_DURATION_SECS) {
+        errs.at(
+            steps,
+            format!("a `ladder_secs` step must be at most {MAX_DURATION_SECS} seconds (0: until released)"),
+        );
+    }
+    if !(1..=MAX_REPEAT_WITHIN_SECS).contains(within.get_ref()) {
+        errs.at(
+            within,
+            format!("`repeat_within_secs` must be 1 to {MAX_REPEAT_WITHIN_SECS}"),
+        );
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(Ladder {
+        steps_ms: steps
+            .get_ref()
+            .iter()
+            .map(|s| (*s > 0).then(|| secs_to_ms(*s)))
+            .collect(),
+        within_ms: secs_to_ms(*within.get_ref()),
+    })
 }
 
 fn plural_stem(k: KeyName) -> &'static str {

@@ -74,6 +74,16 @@ pub struct RuleSpec {
     /// until released.
     #[serde(default)]
     pub duration_secs: Option<u64>,
+    /// Repeat offenders: the duration of a first decision, a second, and so
+    /// on, in seconds (0: until released); past the end the last step
+    /// repeats. Instead of `duration_secs`.
+    #[serde(default)]
+    pub ladder_secs: Option<Spanned<Vec<u64>>>,
+    /// With `ladder_secs`: a decision of this rule on a subject it decided
+    /// no longer ago than this climbs one step; after a longer quiet spell
+    /// the subject starts again at the first.
+    #[serde(default)]
+    pub repeat_within_secs: Option<Spanned<u64>>,
     /// Severity, 0 to 100.
     pub score: Spanned<u64>,
     /// `enforce` (default) or `shadow` (published for measurement only).

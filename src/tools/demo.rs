@@ -48,8 +48,8 @@ pub const RULE_PACK: [(&str, &str); 5] = [
         include_str!("../../config/rules/40-honey.toml"),
     ),
     (
-        "config/rules/honey/decoys.txt",
-        include_str!("../../config/rules/honey/decoys.txt"),
+        "config/rules/honey-decoys.txt",
+        include_str!("../../config/rules/honey-decoys.txt"),
     ),
 ];
 
@@ -133,9 +133,9 @@ pub async fn demo(
         None => {
             // Written out and read back: the honey rules name their list by path.
             let pack = dir.join("rules");
+            std::fs::create_dir_all(&pack)?;
             for (path, text) in RULE_PACK {
                 let to = pack.join(path.trim_start_matches("config/rules/"));
-                std::fs::create_dir_all(to.parent().unwrap_or(&pack))?;
                 std::fs::write(&to, text)?;
             }
             Arc::new(load_rules(&pack, geo.available()).map_err(|e| DemoError::Setup(e.to_string()))?)

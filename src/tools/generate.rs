@@ -273,7 +273,7 @@ impl Traffic {
                     }
                     // a leaked code list worked through by one account, device
                     // and address each: eight codes, the fourth a decoy of
-                    // the shipped honey list (`config/rules/honey/decoys.txt`)
+                    // the shipped honey list (`config/rules/honey-decoys.txt`)
                     7 => {
                         let (k, step) = (n / 8, n % 8);
                         let (acct, dev) = (format!("u-leak-{k}"), format!("fp-leak-{k}"));

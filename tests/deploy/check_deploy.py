@@ -67,7 +67,9 @@ for resource in kustomization["resources"]:
         docs[d["kind"]] = d
 check(set(docs) >= {"Deployment", "Service", "PodMonitor"}, f"k8s kinds: {sorted(docs)}")
 generated = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
+# The rule files and the honey lists they name, which sit beside them.
 rule_files = sorted(p.name for p in (root / "config/rules").glob("*.toml"))
+rule_files = sorted(rule_files + [p.name for p in (root / "config/rules").glob("*.txt")])
 check(sorted(pathlib.Path(f).name for f in generated["kamiguard-rules"]) == rule_files,
       f"the rules ConfigMap must carry exactly {rule_files}")
 for files in generated.values():

@@ -218,7 +218,7 @@ write("hosting-or-anonymous-legit",
       [])
 
 # a leaked code list worked through: five codes, the third a decoy of the
-# shipped honey list (config/rules/honey/decoys.txt); a second decoy later
+# shipped honey list (config/rules/honey-decoys.txt); a second decoy later
 # decides nothing new (the subjects are decided already).
 leak = [ev(f"hc-{i}", i * 20, "u-leak", "invalid_code", ip="175.16.199.230", device="fp-leak", card=f"leaked-{i}")
         for i in range(5)]
@@ -227,7 +227,7 @@ leak.append(ev("hc-5", 200, "u-leak", "invalid_code", ip="175.16.199.230", devic
 leak[-1]["card"]["code_hash"] = "dec0dec00000000c"
 write("honey-code", leak,
       [{"rule": "honey-code-account", "action": "freeze", "scope": "account", "subject": "u-leak",
-        "score": 100, "trigger_event_id": "hc-2", "evidence": {"honey_list": "honey/decoys.txt"}},
+        "score": 100, "trigger_event_id": "hc-2", "evidence": {"honey_list": "honey-decoys.txt"}},
        {"rule": "honey-code-device", "action": "block", "scope": "device", "subject": "fp-leak", "trigger_event_id": "hc-2"},
        {"rule": "honey-code-ip", "action": "block", "scope": "ip", "subject": "175.16.199.230", "trigger_event_id": "hc-2"}])
 
@@ -238,3 +238,31 @@ honest = [ev("hl-1", 0, "u-honest-1", ip="175.16.199.231", device="fp-honest-1",
           ev("hl-3", 60, "u-honest-2", ip="175.16.199.232", device="fp-honest-2", face=5000)]
 honest[0]["card"]["code_hash"] = "dec0dec000000013"
 write("honey-code-legit", honest, [])
+
+# a repeat offender: an address guesses, is blocked for an hour, and comes
+# back once the block lapsed: blocked for six hours (single-ip-guessing's
+# ladder, 1 h, 6 h, 24 h within a week).
+def utc(seconds):
+    """A decision's `until`, as kamiguard writes it (UTC, milliseconds)."""
+    t = (T0 + dt.timedelta(seconds=seconds)).astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03}Z"
+
+
+def burst(prefix, t0, ip, n=50):
+    return [ev(f"{prefix}-{i:02}", t0 + i * 5, f"u-{prefix}", "invalid_code", ip=ip, device=f"fp-{prefix}")
+            for i in range(n)]
+
+
+write("repeat-offender", burst("ro1", 0, "175.16.199.9") + burst("ro2", 5000, "175.16.199.9"),
+      [{"rule": "single-ip-guessing", "subject": "175.16.199.9", "trigger_event_id": "ro1-49",
+        "until": utc(245 + 3600), "evidence": {"offence": 1}},
+       {"rule": "single-ip-guessing", "subject": "175.16.199.9", "trigger_event_id": "ro2-49",
+        "until": utc(5245 + 6 * 3600), "evidence": {"offence": 2}}])
+
+# the same address abused again eight days later (a dynamic address that
+# changed hands): past the week, the ladder starts over at an hour.
+write("repeat-offender-legit", burst("rl1", 0, "175.16.199.10") + burst("rl2", 8 * 86400, "175.16.199.10"),
+      [{"rule": "single-ip-guessing", "subject": "175.16.199.10", "trigger_event_id": "rl1-49",
+        "until": utc(245 + 3600), "evidence": {"offence": 1}},
+       {"rule": "single-ip-guessing", "subject": "175.16.199.10", "trigger_event_id": "rl2-49",
+        "until": utc(8 * 86400 + 245 + 3600), "evidence": {"offence": 1}}])

@@ -151,6 +151,7 @@ pub struct Admin {
     producer: FutureProducer,
     decisions_topic: String,
     audit_topic: String,
+    operations_topic: String,
     allowlist_topic: String,
     timeout: Duration,
 }
@@ -180,6 +181,7 @@ impl Admin {
             producer,
             decisions_topic: kafka.topics.decisions.clone(),
             audit_topic: kafka.topics.audit.clone(),
+            operations_topic: kafka.topics.operations.clone(),
             allowlist_topic: kafka.topics.allowlist.clone(),
             timeout,
         })))
@@ -248,6 +250,8 @@ impl Admin {
             .route("/admin/rules", get(rules))
             .route("/admin/decisions", get(decisions))
             .route("/admin/decisions/release", post(release))
+            .route("/admin/breakers", get(breakers))
+            .route("/admin/breakers/reset", post(reset_breaker))
             .route("/admin/allowlist", get(allowlist).post(allow_add).delete(allow_remove))
             .with_state(self.clone())
     }
@@ -407,6 +411,54 @@ async fn release(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Body
             format!("audited, but the release could not be published ({e}); nothing was lifted: try again"),
         )),
     }
+}
+
+async fn breakers(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Reply {
+    admin.authorized(&headers)?;
+    let states: Vec<Value> = admin
+        .engine
+        .breaker_states()
+        .into_iter()
+        .map(|(rule, trips, open)| json!({ "rule": &*rule, "trips": trips, "open": open }))
+        .collect();
+    Ok(Json(json!({ "breakers": states })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    rule: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Closes a rule's circuit breaker on this instance (each instance's
+/// breaker counts its own share of the traffic): audited first, then the
+/// reset is published on the operations topic.
+async fn reset_breaker(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Body<ResetRequest>) -> Reply {
+    let actor = admin.authorized(&headers)?;
+    let Json(req) = body.map_err(rejected)?;
+    let why = reason(&req.reason)?;
+    if !admin.engine.breaker_states().iter().any(|(r, ..)| **r == *req.rule) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no rule in force by that id has a breaker".into(),
+        ));
+    }
+    admin
+        .audit(json!({
+            "at": now(), "actor": actor, "action": "breaker_reset",
+            "scope": "rule", "subject": &req.rule, "reason": why,
+        }))
+        .await?;
+    let Some(event) = admin.engine.reset_breaker(&req.rule) else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "the rule went away meanwhile".into()));
+    };
+    let body = serde_json::to_vec(&event).unwrap_or_default();
+    if let Err(e) = admin.publish(&admin.operations_topic, &req.rule, &body).await {
+        tracing::warn!(error = %e, "breaker reset could not be published on the operations topic");
+    }
+    Ok(Json(serde_json::to_value(&event).unwrap_or_default()).into_response())
 }
 
 async fn allowlist(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Reply {

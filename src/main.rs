@@ -434,6 +434,11 @@ fn replay_command(
         bar.finish_and_clear();
     }
     eprint!("{}", summary.render());
+    // When a circuit breaker would have tripped (what `run` publishes on
+    // the operations topic).
+    for event in engine.take_ops() {
+        eprintln!("{} at {}: {}", event.event.replace('_', " "), event.at, event.reason);
+    }
     let stats = engine.stats();
     if stats.state.cap_hits > 0 {
         let by_store: Vec<String> = engine

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// By store: a rule's id, "account memory" or "card memory".
     pub state_cap_hits: IntCounterVec,
     pub active_decisions: IntGaugeVec,
+    /// By rule and event (`breaker_tripped`, `breaker_reset`).
+    pub breaker_trips: IntCounterVec,
+    /// By rule with a breaker: 1 while it holds the rule in shadow.
+    pub breaker_open: IntGaugeVec,
     /// By rule with a ladder and step: decisions published.
     pub ladder_decisions: IntCounterVec,
     /// By honey rule: decoys on its list.
@@ -184,6 +188,16 @@ impl Metrics {
                 &["store"],
             ),
             active_decisions: gauge("active_decisions", "Decisions in force, by scope.", &["scope"]),
+            breaker_trips: counter(
+                "breaker_events_total",
+                "Circuit-breaker events published on the operations topic, by rule and event (breaker_tripped: the rule switched itself to shadow; breaker_reset: an operator closed it).",
+                &["rule", "event"],
+            ),
+            breaker_open: gauge(
+                "breaker_open",
+                "1 while a rule's circuit breaker holds it in shadow (at the engine's event time), 0 while it enforces.",
+                &["rule"],
+            ),
             ladder_decisions: counter(
                 "ladder_decisions_total",
                 "Decisions of rules with a ladder, by the step the subject stood on (offence 1 is a first decision; 2 and up are repeat offenders).",
@@ -249,6 +263,12 @@ impl Metrics {
         self.rules_loaded.set(engine.rules().rules.len() as i64);
         for (scope, n) in engine.active_decisions() {
             self.active_decisions.with_label_values(&[scope.as_str()]).set(n);
+        }
+        for (rule, _, open) in engine.breaker_states() {
+            self.breaker_open.with_label_values(&[&*rule]).set(i64::from(open));
+            // A series from the first scrape, so an alert on its increase
+            // sees the first trip.
+            self.breaker_trips.with_label_values(&[&*rule, "breaker_tripped"]);
         }
         for (rule, entries, hits) in engine.honey_counts() {
             self.honey_entries.with_label_values(&[&*rule]).set(entries as i64);

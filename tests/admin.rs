@@ -145,6 +145,55 @@ fn admin_changes_are_audited_first_and_shared_by_every_instance() {
     let (_, body) = http(admin, "GET", "/admin/decisions", Some(TOKEN), None);
     assert!(!in_force(&body, "u-new-1"), "released: {body}");
 
+    // Circuit breakers: the shipped pack's two are listed, closed; a reset
+    // needs a reason and a rule that has one, is audited, and is published
+    // on the operations topic.
+    let (status, body) = http(admin, "GET", "/admin/breakers", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<&str> = body["breakers"]
+        .as_array()
+        .expect("breakers")
+        .iter()
+        .filter_map(|b| b["rule"].as_str())
+        .collect();
+    assert_eq!(listed, ["new-account-high-value", "hosting-or-anonymous"], "{body}");
+    assert!(body["breakers"]
+        .as_array()
+        .is_some_and(|b| b.iter().all(|b| b["open"] == false)));
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/admin/breakers/reset",
+        Some(TOKEN),
+        Some(r#"{"rule":"hosting-or-anonymous"}"#),
+    );
+    assert_eq!(status, 400, "a reset needs a reason");
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/admin/breakers/reset",
+        Some(TOKEN),
+        Some(r#"{"rule":"single-ip-guessing","reason":"no breaker there"}"#),
+    );
+    assert_eq!(status, 404);
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/admin/breakers/reset",
+        Some(TOKEN),
+        Some(r#"{"rule":"hosting-or-anonymous","reason":"geo update rolled back, ticket 4712"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event"], "breaker_reset");
+    assert!(audit.read_until(Duration::from_secs(30), |seen| seen.iter().any(|r| {
+        let r = json(r);
+        r["action"] == "breaker_reset" && r["subject"] == "hosting-or-anonymous" && r["actor"] == "admin"
+    })));
+    let mut operations = broker.reader("kamiguard.operations", 1);
+    assert!(operations.read_until(Duration::from_secs(30), |seen| seen
+        .iter()
+        .any(|r| json(r)["event"] == "breaker_reset" && json(r)["rule"] == "hosting-or-anonymous")));
+
     // A second instance that never saw the challenge or the release, with
     // its admin API over TLS.
     let tls = setup.dir.path().join("tls");

@@ -55,7 +55,7 @@ score = 1
         format!("{a}:6:15: `window_secs` must be 1 to 604800"),
         format!("{a}:8:10: `freeze` applies to a card or an account, not to scope `ip`; use `block`"),
         format!("{a}:9:9: `score` must be 0 to 100"),
-        format!("{a}:14:1: unknown field `filtre`, expected one of `id`, `description`, `kind`, `enabled`, `filter`, `group_by`, `aggregate`, `distinct_of`, `window_secs`, `threshold`, `limit`, `period_secs`, `burst`, `honey_list`, `noun`, `action`, `scope`, `duration_secs`, `score`, `mode`, `allow`"),
+        format!("{a}:14:1: unknown field `filtre`, expected one of `id`, `description`, `kind`, `enabled`, `filter`, `group_by`, `aggregate`, `distinct_of`, `window_secs`, `threshold`, `limit`, `period_secs`, `burst`, `honey_list`, `noun`, `action`, `scope`, `duration_secs`, `ladder_secs`, `repeat_within_secs`, `breaker`, `score`, `mode`, `allow`"),
         format!("{b}:2:6: rule id `x` is already used at {a}:2:6"),
         format!("{b}:14:13: a sum_face_value `threshold` must be at most 4294967295 fen (¥42,949,672.95)"),
     ];
@@ -280,7 +280,7 @@ fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.trim_end().ends_with("26 passed, 0 failed"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("30 passed, 0 failed"), "{stdout}");
 
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::copy(

@@ -504,6 +504,26 @@ fn after_a_restart_the_book_holds_what_the_decisions_topic_says() {
         count(&decisions.seen, b, "block"),
         setup.logs()
     );
+    // The ladder came back from the topic too: `a` was blocked before the
+    // restart (and released: the record stays), so its second block is a
+    // repeat offence, six hours; `b`'s first is an hour.
+    let blocks = |ip: &str| -> Vec<Value> {
+        decisions
+            .seen
+            .iter()
+            .filter(|r| subject(r) == (ip.to_string(), "block".to_string()))
+            .map(|r| serde_json::from_slice(&r.payload).expect("json"))
+            .collect()
+    };
+    let (on_a, on_b) = (blocks(a), blocks(b));
+    assert_eq!(on_a[0]["evidence"]["offence"], 1);
+    assert_eq!(on_a[1]["evidence"]["offence"], 2, "{}", on_a[1]);
+    assert!(
+        on_a[1]["reason"].as_str().is_some_and(|r| r.ends_with("offence 2, 6h")),
+        "{}",
+        on_a[1]
+    );
+    assert_eq!(on_b[0]["evidence"]["offence"], 1, "{}", on_b[0]);
 }
 
 /// Hostile messages and the reason each must be dead-lettered with.

@@ -32,7 +32,7 @@ fn promtool(args: &[&str]) -> String {
 fn promtool_accepts_the_config_and_rules_and_the_alert_tests_pass() {
     promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
     let rules = promtool(&["check", "rules", "deploy/prometheus/alerts.yml"]);
-    assert!(rules.contains("SUCCESS: 9 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 10 rules found"), "{rules}");
     promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"]);
 }
 
@@ -161,7 +161,7 @@ fn prometheus_scrapes_the_demo_and_every_panel_and_alert_works() {
     assert!(empty.is_empty(), "panel queries with no series: {empty:#?}");
 
     let exprs = alert_exprs(&alerts);
-    assert_eq!(exprs.len(), 9);
+    assert_eq!(exprs.len(), 10);
     for expr in &exprs {
         let answer = query(prom_port, expr);
         assert_eq!(answer["status"], "success", "{expr}: {answer}");
@@ -179,7 +179,7 @@ fn prometheus_scrapes_the_demo_and_every_panel_and_alert_works() {
     }
     let rules: Value = serde_json::from_str(&get(prom_port, "/api/v1/rules")).expect("rules json");
     let group = &rules["data"]["groups"][0];
-    assert_eq!(group["rules"].as_array().map(Vec::len), Some(9));
+    assert_eq!(group["rules"].as_array().map(Vec::len), Some(10));
     for rule in group["rules"].as_array().expect("rules") {
         assert_eq!(rule["health"], "ok", "{rule}");
     }

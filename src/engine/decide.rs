@@ -42,16 +42,23 @@ impl Engine {
             None => rule.duration_ms,
         };
         let until_ms = duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
-        if !self.book.admit(
-            (rule.scope, &subject, rule.mode),
-            &rule.id,
-            rule.action,
-            until_ms,
-            e.ts_ms,
-        ) {
+        // A tripped breaker publishes the rule's decisions in shadow.
+        let shadowed = rule.mode == Mode::Enforce && self.breaker_open(rule, e.ts_ms);
+        let mode = if shadowed { Mode::Shadow } else { rule.mode };
+        if !self
+            .book
+            .admit((rule.scope, &subject, mode), &rule.id, rule.action, until_ms, e.ts_ms)
+        {
             return None;
         }
+        self.breaker_note(rule, e.ts_ms);
         let (mut reason, mut evidence, samples) = explain(&subject);
+        if shadowed {
+            reason.push_str("; in shadow: the rule's circuit breaker is open");
+            if let Value::Object(map) = &mut evidence {
+                map.insert("breaker".into(), json!("open"));
+            }
+        }
         if let Value::Object(map) = &mut evidence {
             map.insert("outcome".into(), json!(e.outcome));
             if let Some((ladder, step)) = step {
@@ -77,7 +84,7 @@ impl Engine {
             until: duration_ms.map(|_| format_ts(until_ms)),
             rule: rule.id.clone(),
             rule_version: rule.version.clone(),
-            mode: rule.mode,
+            mode,
             score: rule.score,
             reason,
             evidence,

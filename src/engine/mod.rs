@@ -15,12 +15,14 @@
 //! - `allow`: rule and shared allowlists.
 //! - `decide`: the book's admission, the decision record, releases.
 //! - `ladder`: repeat offenders, longer decisions step by step.
+//! - `breaker`: circuit breakers that switch a surging rule to shadow.
 //! - `route`: what the split pipeline routes where.
 //! - `sweep`: evicting keys that can no longer change a decision.
 //! - `reload`: swapping rule sets, keeping unchanged rules' state.
 //! - `config`: the engine's limits and errors.
 
 mod allow;
+mod breaker;
 mod config;
 mod decide;
 mod keys;
@@ -42,6 +44,7 @@ use crate::key::key_of;
 use crate::rules::{KeyName, RuleSet};
 use crate::state::{AccountMemory, BudgetStats, CardMemory, EventClock, KeyedStore, SeenEvents, StateBudget};
 
+pub use breaker::OpsEvent;
 pub use config::{EngineConfig, EngineError};
 pub use kinds::MAX_SAMPLES;
 pub use reload::Replaced;
@@ -100,6 +103,12 @@ pub struct Engine {
     book: DecisionBook,
     /// Repeat offenders' records (see `ladder`).
     offences: ladder::Offences,
+    /// Circuit breakers of the rules that have one (see `breaker`).
+    breakers: breaker::Breakers,
+    /// What the breakers did, waiting for `take_ops`; `ops_pending` says
+    /// whether there is any without taking the lock.
+    ops: Mutex<Vec<OpsEvent>>,
+    ops_pending: AtomicBool,
     seen: SeenEvents,
     clock: EventClock,
     budget: Arc<StateBudget>,
@@ -214,6 +223,9 @@ impl Engine {
             book: DecisionBook::new(StateBudget::new(config.max_keys)),
             // As the book's: a budget of its own, for the same reason.
             offences: KeyedStore::new(StateBudget::new(config.max_keys)).named("offences"),
+            breakers: Default::default(),
+            ops: Default::default(),
+            ops_pending: AtomicBool::new(false),
             seen: SeenEvents::new(config.dedup_ms(), config.dedup_max_ids),
             clock,
             budget,

@@ -68,6 +68,7 @@ impl Engine {
                 *retired_hits.entry(id.to_string()).or_default() += hits;
             }
         }
+        self.retire_breakers(&rules);
         *loaded = Loaded {
             rules,
             states,

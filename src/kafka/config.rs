@@ -48,6 +48,9 @@ pub struct Topics {
     pub audit: String,
     /// Allowlist entries shared by every instance: compacted, keyed by entry.
     pub allowlist: String,
+    /// What the engine itself did that operators must hear of: a rule's
+    /// circuit breaker tripping or reset (`engine::OpsEvent`).
+    pub operations: String,
 }
 
 impl Default for Topics {
@@ -58,6 +61,7 @@ impl Default for Topics {
             dead_letters: "kamiguard.attempts.dlq".into(),
             audit: "kamiguard.audit".into(),
             allowlist: "kamiguard.allowlist".into(),
+            operations: "kamiguard.operations".into(),
         }
     }
 }

@@ -168,6 +168,17 @@ impl MessageHandler<'_> {
             Verdict::Late => metrics.late.inc(),
             Verdict::Processed => {}
         }
+        // What a breaker did on this attempt, before its decisions.
+        for event in self.engine.take_ops() {
+            tracing::warn!(rule = %event.rule, event = event.event, "{}", event.reason);
+            let body = serde_json::to_vec(&event).map_err(|e| RunError::Encode(e.to_string()))?;
+            let sent = send(self.producer, &self.topics.operations, None, &*event.rule, &body, None).await;
+            batch.expect_ack("operations event", sent, None)?;
+            metrics
+                .breaker_trips
+                .with_label_values(&[&*event.rule, event.event])
+                .inc();
+        }
         let now = chrono::Utc::now();
         for d in &mut self.decisions {
             d.stamp(now);

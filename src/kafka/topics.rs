@@ -12,13 +12,13 @@ use tracing::info;
 use super::config::KafkaConfig;
 use super::error::RunError;
 
-/// Creates the attempts, decisions, dead-letter, audit and allowlist topics
+/// Creates the attempts, decisions, dead-letter, audit, operations and allowlist topics
 /// if missing. The allowlist is compacted: the latest record of each entry
 /// is the entry.
 pub async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), RunError> {
     let admin: AdminClient<DefaultClientContext> = kafka.admin_config().create()?;
     let t = &kafka.topics;
-    let names = [&t.attempts, &t.decisions, &t.dead_letters, &t.audit];
+    let names = [&t.attempts, &t.decisions, &t.dead_letters, &t.audit, &t.operations];
     let replication = || TopicReplication::Fixed(kafka.replication_factor);
     let mut topics: Vec<NewTopic<'_>> = names
         .iter()

@@ -47,6 +47,8 @@ pub struct CompiledRule {
     pub duration_ms: Option<i64>,
     /// Repeat offenders: longer decisions for a subject decided again.
     pub ladder: Option<Ladder>,
+    /// Circuit breaker on the rule's blast radius.
+    pub breaker: Option<BreakerConfig>,
     pub score: u8,
     pub mode: Mode,
     pub noun: String,
@@ -99,6 +101,22 @@ impl Ladder {
         self.steps_ms.get((step as usize).min(last)).copied().flatten()
     }
 }
+
+/// A rule's circuit breaker, compiled (see [`crate::rules::spec::BreakerSpec`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub multiple: f64,
+    pub min_per_minute: u32,
+    pub max_per_minute: Option<u32>,
+    pub trailing_mins: u32,
+    pub cooldown_ms: i64,
+}
+
+/// Longest history a breaker's usual rate is taken over: a day of minutes.
+pub const MAX_TRAILING_MINS: u32 = 1440;
+
+/// Longest a tripped breaker keeps its rule in shadow: a day.
+pub const MAX_COOLDOWN_SECS: u64 = 86_400;
 
 /// Longest a ladder remembers a subject's last decision: a year.
 pub const MAX_REPEAT_WITHIN_SECS: u64 = 366 * 86_400;
@@ -466,6 +484,7 @@ pub(crate) fn compile_rule(
     });
 
     let ladder = compile_ladder(spec, errs);
+    let breaker = compile_breaker(spec, errs);
 
     let mut rule = CompiledRule {
         id: id.as_str().into(),
@@ -480,6 +499,7 @@ pub(crate) fn compile_rule(
             .filter(|d| *d > 0)
             .map(|d| secs_to_ms(d.min(MAX_DURATION_SECS))),
         ladder,
+        breaker,
         score: (*spec.score.get_ref()).min(100) as u8,
         mode: spec.mode,
         noun,
@@ -513,6 +533,45 @@ pub(crate) fn compile_rule(
         }
     }
     (errs.len() == before).then_some(rule)
+}
+
+/// `breaker = { ... }`: defaults filled in, bounds checked. A shadow rule
+/// has nothing to switch off: a breaker on one is an error.
+fn compile_breaker(spec: &RuleSpec, errs: &mut Located) -> Option<BreakerConfig> {
+    let b = spec.breaker.as_ref()?;
+    let before = errs.len();
+    if spec.mode == Mode::Shadow {
+        errs.at(b, "a shadow rule has no breaker to trip: it enforces nothing".into());
+    }
+    let s = b.get_ref();
+    let multiple = s.multiple.unwrap_or(10.0);
+    if !(multiple.is_finite() && multiple > 1.0 && multiple <= 1000.0) {
+        errs.at(b, "`breaker.multiple` must be above 1 and at most 1000".into());
+    }
+    let trailing_mins = s.trailing_mins.unwrap_or(60);
+    if !(1..=MAX_TRAILING_MINS).contains(&trailing_mins) {
+        errs.at(b, format!("`breaker.trailing_mins` must be 1 to {MAX_TRAILING_MINS}"));
+    }
+    let cooldown_secs = s.cooldown_secs.unwrap_or(1800);
+    if !(1..=MAX_COOLDOWN_SECS).contains(&cooldown_secs) {
+        errs.at(b, format!("`breaker.cooldown_secs` must be 1 to {MAX_COOLDOWN_SECS}"));
+    }
+    if s.max_per_minute == Some(0) || s.min_per_minute == Some(0) {
+        errs.at(
+            b,
+            "`breaker.min_per_minute` and `max_per_minute` must be at least 1".into(),
+        );
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(BreakerConfig {
+        multiple,
+        min_per_minute: s.min_per_minute.unwrap_or(20),
+        max_per_minute: s.max_per_minute,
+        trailing_mins,
+        cooldown_ms: secs_to_ms(cooldown_secs),
+    })
 }
 
 /// `ladder_secs` and `repeat_within_secs`, which go together and replace

@@ -10,7 +10,7 @@ pub mod honey;
 pub mod load;
 pub mod spec;
 
-pub use compile::{Allow, CompiledAggregate, CompiledKind, CompiledRule, Ladder};
+pub use compile::{Allow, BreakerConfig, CompiledAggregate, CompiledKind, CompiledRule, Ladder};
 pub use errors::{line_column, RuleError, RuleErrors};
 pub use filter::{Facts, FieldIndex, Filter};
 pub use load::{compile_sources, load_rules, rule_files, RuleSet};

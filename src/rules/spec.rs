@@ -84,6 +84,11 @@ pub struct RuleSpec {
     /// the subject starts again at the first.
     #[serde(default)]
     pub repeat_within_secs: Option<Spanned<u64>>,
+    /// Circuit breaker: an enforcing rule that fires far above its own
+    /// usual rate switches itself to shadow for a while (see
+    /// [`BreakerSpec`]).
+    #[serde(default)]
+    pub breaker: Option<Spanned<BreakerSpec>>,
     /// Severity, 0 to 100.
     pub score: Spanned<u64>,
     /// `enforce` (default) or `shadow` (published for measurement only).
@@ -92,6 +97,32 @@ pub struct RuleSpec {
     /// Subjects this rule never fires on.
     #[serde(default)]
     pub allow: AllowSpec,
+}
+
+/// When a rule's circuit breaker trips, on event time: in one minute it
+/// makes more than `max_per_minute` decisions, or at least
+/// `min_per_minute` and more than `multiple` times its average minute over
+/// the `trailing_mins` before. It then publishes in shadow mode for
+/// `cooldown_secs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// How many times its usual rate a minute must reach (default 10).
+    #[serde(default)]
+    pub multiple: Option<f64>,
+    /// Fewest decisions in a minute for the multiple to count (default 20),
+    /// so a rule that usually fires once an hour does not trip at three.
+    #[serde(default)]
+    pub min_per_minute: Option<u32>,
+    /// Decisions in a minute that trip it whatever the usual rate (default: none).
+    #[serde(default)]
+    pub max_per_minute: Option<u32>,
+    /// Minutes of history the usual rate is taken over (default 60, 1 to 1440).
+    #[serde(default)]
+    pub trailing_mins: Option<u32>,
+    /// How long the rule stays in shadow once tripped (default 1800).
+    #[serde(default)]
+    pub cooldown_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

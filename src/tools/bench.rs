@@ -413,6 +413,7 @@ fn config(o: &BenchOptions, name: &str) -> KafkaConfig {
             dead_letters: format!("{name}.dlq"),
             audit: format!("{name}.audit"),
             allowlist: format!("{name}.allowlist"),
+            operations: format!("{name}.operations"),
         },
         ..KafkaConfig::default()
     }

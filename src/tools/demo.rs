@@ -119,6 +119,7 @@ pub async fn demo(
         &kafka.topics.attempts,
         &kafka.topics.decisions,
         &kafka.topics.dead_letters,
+        &kafka.topics.operations,
     ] {
         cluster.create_topic(topic, options.partitions, 1)?;
     }

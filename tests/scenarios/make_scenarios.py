@@ -266,3 +266,48 @@ write("repeat-offender-legit", burst("rl1", 0, "175.16.199.10") + burst("rl2", 8
         "until": utc(245 + 3600), "evidence": {"offence": 1}},
        {"rule": "single-ip-guessing", "subject": "175.16.199.10", "trigger_event_id": "rl2-49",
         "until": utc(8 * 86400 + 245 + 3600), "evidence": {"offence": 1}}])
+
+# a circuit breaker: a rule edit that challenges every redemption of ¥500 or
+# more (a threshold typed ten times too low). Five minutes at its usual two
+# challenges a minute, then the honest crowd it was never meant for: the
+# eleventh challenge of the sixth minute is more than five times the usual
+# rate (and at least ten), so the rule switches itself to shadow for ten
+# minutes; the rest are published in shadow mode, enforced by no one.
+BREAKER_RULE = """# A rule edit gone wrong: min_face_value_fen was meant to be 500000.
+[[rule]]
+id = "high-value-challenge"
+kind = "match"
+filter = { kind = ["redemption"], min_face_value_fen = 50000 }
+action = "challenge"
+duration_secs = 3600
+score = 40
+breaker = { multiple = 5, min_per_minute = 10, trailing_mins = 5, cooldown_secs = 600 }
+"""
+
+
+def crowd(prefix, per_minute):
+    """`per_minute[m]` honest ¥600 redemptions in minute m, each by its own account."""
+    events = []
+    for m, n in enumerate(per_minute):
+        for i in range(n):
+            events.append(ev(f"{prefix}-{m}-{i:02}", m * 60 + i, f"u-{prefix}-{m}-{i:02}",
+                             ip=f"175.16.199.{100 + i}", device=f"fp-{prefix}-{m}-{i:02}", face=60000))
+    return events
+
+
+def challenged(events, enforced):
+    return [{"rule": "high-value-challenge", "action": "challenge", "subject": e["account"]["id"],
+             "mode": "enforce" if i < enforced else "shadow"} for i, e in enumerate(events)]
+
+
+tripped = crowd("cb", [2, 2, 2, 2, 2, 30, 3])
+write("circuit-breaker", tripped, challenged(tripped, 10 + 11))
+with open(os.path.join(HERE, "circuit-breaker", "rules.toml"), "w") as f:
+    f.write(BREAKER_RULE)
+
+# the same rule on a busy but ordinary day: the sixth minute rises to eight
+# challenges, four times the usual but under the ten a minute that trips it.
+steady = crowd("cbl", [2, 2, 2, 2, 2, 8, 3])
+write("circuit-breaker-legit", steady, challenged(steady, len(steady)))
+with open(os.path.join(HERE, "circuit-breaker-legit", "rules.toml"), "w") as f:
+    f.write(BREAKER_RULE)

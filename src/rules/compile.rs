@@ -709,3 +709,86 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
     };
     (errs.len() == before).then_some(filter)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::{compile_sources, RuleErrors};
+
+    fn compile(rule: &str) -> Result<crate::rules::RuleSet, RuleErrors> {
+        let base = "id = \"r\"\nkind = \"threshold\"\ngroup_by = \"ip\"\naggregate = \"count\"\nwindow_secs = 60\nthreshold = 5\naction = \"block\"\nscore = 50\n";
+        compile_sources(
+            &[("r.toml".into(), format!("[[rule]]\n{base}{rule}"))],
+            Default::default(),
+        )
+    }
+
+    fn error(rule: &str) -> String {
+        compile(rule).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_ladder_is_checked_and_read_in_milliseconds() {
+        let set = compile("ladder_secs = [60, 3600, 0]\nrepeat_within_secs = 86400\n").expect("valid");
+        let ladder = set.rules[0].ladder.as_ref().expect("ladder");
+        assert_eq!(ladder.steps_ms, [Some(60_000), Some(3_600_000), None]);
+        assert_eq!(
+            (ladder.duration_ms(0), ladder.duration_ms(7)),
+            (Some(60_000), None),
+            "the last step repeats"
+        );
+        assert!(error("ladder_secs = [60]\n").contains("needs `repeat_within_secs`"));
+        assert!(error("repeat_within_secs = 60\n").contains("no meaning without `ladder_secs`"));
+        assert!(error("ladder_secs = [3600, 60]\nrepeat_within_secs = 60\n").contains("must not get shorter"));
+        assert!(error("ladder_secs = [0, 60]\nrepeat_within_secs = 60\n").contains("must not get shorter"));
+        assert!(error("ladder_secs = []\nrepeat_within_secs = 60\n").contains("1 to 8 steps"));
+        assert!(
+            error("ladder_secs = [60]\nrepeat_within_secs = 60\nduration_secs = 60\n")
+                .contains("leave `duration_secs` out")
+        );
+    }
+
+    #[test]
+    fn a_breaker_is_checked_and_gets_its_defaults() {
+        let set = compile("breaker = { max_per_minute = 500 }\n").expect("valid");
+        let b = set.rules[0].breaker.as_ref().expect("breaker");
+        assert_eq!(
+            (
+                b.multiple,
+                b.min_per_minute,
+                b.max_per_minute,
+                b.trailing_mins,
+                b.cooldown_ms
+            ),
+            (10.0, 20, Some(500), 60, 1_800_000)
+        );
+        assert!(error("breaker = { multiple = 1.0 }\n").contains("above 1"));
+        assert!(error("breaker = { trailing_mins = 0 }\n").contains("trailing_mins"));
+        assert!(error("breaker = { cooldown_secs = 0 }\n").contains("cooldown_secs"));
+        assert!(error("breaker = { min_per_minute = 0 }\n").contains("at least 1"));
+        assert!(error("breaker = { mutliple = 5 }\n").contains("unknown field"));
+        assert!(error("breaker = {}\nmode = \"shadow\"\n").contains("a shadow rule has no breaker"));
+    }
+
+    #[test]
+    fn a_honey_list_belongs_to_honey_rules_and_must_exist() {
+        assert!(error("honey_list = \"x.txt\"\n").contains("`honey_list` has no meaning for a threshold rule"));
+        let honey = |extra: &str| {
+            compile_sources(
+                &[(
+                    "r.toml".into(),
+                    format!("[[rule]]\nid = \"h\"\nkind = \"honey\"\naction = \"freeze\"\nscore = 100\n{extra}"),
+                )],
+                Default::default(),
+            )
+        };
+        assert!(honey("")
+            .expect_err("no list")
+            .to_string()
+            .contains("needs `honey_list`"));
+        let missing = honey("honey_list = \"/nonexistent/decoys.txt\"\n")
+            .expect_err("no file")
+            .to_string();
+        assert!(missing.contains("cannot read honey list"), "{missing}");
+        assert!(honey("honey_list = \"x\"\ngroup_by = \"ip\"\n").is_err());
+    }
+}

@@ -45,6 +45,7 @@ fn every_shipped_rule_has_an_attack_and_a_legit_scenario() {
         let attack = match &*rule.id {
             "corporate-bulk-review" => "bulk-drain-legit".to_string(),
             id if id.starts_with("honey-code-") => "honey-code".to_string(),
+            "batch-failure-surge" => "batch-alarm".to_string(),
             id => id.to_string(),
         };
         let expected = std::fs::read_to_string(scenarios.join(&attack).join("expected.jsonl")).unwrap_or_default();

@@ -19,6 +19,8 @@ pub(super) struct Keys {
     pub(super) ip: Option<u64>,
     pub(super) ip_prefix: Option<(u64, IpNet)>,
     pub(super) asn: Option<u64>,
+    pub(super) batch: Option<u64>,
+    pub(super) brand: Option<u64>,
 }
 
 impl Keys {
@@ -30,15 +32,18 @@ impl Keys {
             KeyName::Ip => self.ip,
             KeyName::IpPrefix => self.ip_prefix.map(|(h, _)| h),
             KeyName::Asn => self.asn,
+            KeyName::Batch => self.batch,
+            KeyName::Brand => self.brand,
         }
     }
 }
 
 impl Engine {
     /// The attempt's key hashes; `asn` is left for the caller, who knows
-    /// whether the geo lookup is needed, and `ip_prefix` is left out unless
-    /// `prefix` (a rule set that uses it).
-    pub(super) fn keys(&self, e: &Event, prefix: bool) -> Keys {
+    /// whether the geo lookup is needed, `ip_prefix` is left out unless
+    /// `prefix` and `batch` and `brand` unless `groups` (a rule set that
+    /// uses them).
+    pub(super) fn keys(&self, e: &Event, prefix: bool, groups: bool) -> Keys {
         let ip_prefix = e.ip.filter(|_| prefix).map(|ip| {
             let len = match ip {
                 IpAddr::V4(_) => self.config.ipv4_prefix_len,
@@ -56,6 +61,18 @@ impl Engine {
             ip: e.ip.map(|ip| key_of(&ip)),
             ip_prefix,
             asn: None,
+            batch: e
+                .card
+                .batch
+                .as_deref()
+                .filter(|_| groups)
+                .map(|b| key_of(&(KeyName::Batch, b))),
+            brand: e
+                .card
+                .brand
+                .as_deref()
+                .filter(|_| groups)
+                .map(|b| key_of(&(KeyName::Brand, b))),
         }
     }
 }
@@ -88,5 +105,7 @@ pub(super) fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> 
         KeyName::Ip => e.ip?.to_string(),
         KeyName::IpPrefix => keys.ip_prefix?.1.to_string(),
         KeyName::Asn => facts.geo.asn?.to_string(),
+        KeyName::Batch => e.card.batch.as_deref()?.to_string(),
+        KeyName::Brand => e.card.brand.as_deref()?.to_string(),
     })
 }

@@ -19,7 +19,7 @@ impl Engine {
     /// there does not learn from it: it would change nothing at that home.
     pub fn route_keys(&self, e: &Event, homes: &[KeyName]) -> SmallVec<[(KeyName, String); 4]> {
         let rules = self.rules();
-        let homes: SmallVec<[KeyName; 6]> = homes.iter().copied().filter(|h| wants(&rules, e, *h)).collect();
+        let homes: SmallVec<[KeyName; 8]> = homes.iter().copied().filter(|h| wants(&rules, e, *h)).collect();
         let geo = match e.ip {
             Some(ip) if homes.contains(&KeyName::Asn) => self.geo.lookup(
                 ip,
@@ -32,7 +32,11 @@ impl Engine {
         };
         let keys = Keys {
             asn: geo.asn.map(|a| key_of(&a)),
-            ..self.keys(e, homes.contains(&KeyName::IpPrefix))
+            ..self.keys(
+                e,
+                homes.contains(&KeyName::IpPrefix),
+                homes.contains(&KeyName::Batch) || homes.contains(&KeyName::Brand),
+            )
         };
         let facts = Facts {
             geo,

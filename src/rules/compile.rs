@@ -81,6 +81,15 @@ pub enum CompiledKind {
     Honey {
         list: Arc<HoneyList>,
     },
+    /// A key's count in a tumbling window of `window_ms` against its mean
+    /// over the `baseline_windows` windows before.
+    Surge {
+        group_by: KeyName,
+        window_ms: i64,
+        baseline_windows: u32,
+        factor: f64,
+        min_count: u64,
+    },
 }
 
 /// A rule's ladder of durations for repeat offenders.
@@ -117,6 +126,9 @@ pub const MAX_TRAILING_MINS: u32 = 1440;
 
 /// Longest a tripped breaker keeps its rule in shadow: a day.
 pub const MAX_COOLDOWN_SECS: u64 = 86_400;
+
+/// Most windows a surge rule's baseline may span (two weeks of hours).
+pub const MAX_SURGE_BASELINE_WINDOWS: u64 = 336;
 
 /// Longest a ladder remembers a subject's last decision: a year.
 pub const MAX_REPEAT_WITHIN_SECS: u64 = 366 * 86_400;
@@ -181,7 +193,9 @@ impl CompiledRule {
 
     pub fn group_by(&self) -> Option<KeyName> {
         match self.kind {
-            CompiledKind::Threshold { group_by, .. } | CompiledKind::Quota { group_by, .. } => Some(group_by),
+            CompiledKind::Threshold { group_by, .. }
+            | CompiledKind::Quota { group_by, .. }
+            | CompiledKind::Surge { group_by, .. } => Some(group_by),
             CompiledKind::Match | CompiledKind::Honey { .. } => None,
         }
     }
@@ -238,6 +252,7 @@ pub(crate) fn compile_rule(
         RuleKind::Quota => "quota",
         RuleKind::Match => "match",
         RuleKind::Honey => "honey",
+        RuleKind::Surge => "surge",
     };
     let mut misplaced = |fields: &[(&str, Option<usize>)]| {
         for (name, at) in fields {
@@ -246,8 +261,18 @@ pub(crate) fn compile_rule(
             }
         }
     };
-    if kind != RuleKind::Threshold {
+    if kind == RuleKind::Surge {
+        // A surge rule has a window too; the rest is the threshold's.
+        misplaced(&[threshold_only[0], threshold_only[1], threshold_only[3]]);
+    } else if kind != RuleKind::Threshold {
         misplaced(&threshold_only);
+    }
+    if kind != RuleKind::Surge {
+        misplaced(&[
+            ("baseline_secs", spec.baseline_secs.as_ref().map(|s| s.span().start)),
+            ("factor", spec.factor.as_ref().map(|s| s.span().start)),
+            ("min_count", spec.min_count.as_ref().map(|s| s.span().start)),
+        ]);
     }
     if kind != RuleKind::Quota {
         misplaced(&quota_only);
@@ -400,6 +425,78 @@ pub(crate) fn compile_rule(
             }
         }
         RuleKind::Match => Some(CompiledKind::Match),
+        RuleKind::Surge => {
+            let group_by = need_group_by(errs);
+            let window = match &spec.window_secs {
+                Some(w) if (60..=MAX_WINDOW_SECS).contains(w.get_ref()) => Some(*w.get_ref()),
+                Some(w) => {
+                    errs.at(
+                        w,
+                        format!("`window_secs` must be 60 to {MAX_WINDOW_SECS} for a surge rule"),
+                    );
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a surge rule needs `window_secs`".into());
+                    None
+                }
+            };
+            let windows = match (&spec.baseline_secs, window) {
+                (Some(b), Some(w)) => {
+                    let n = b.get_ref() / w;
+                    if b.get_ref() % w != 0 || !(1..=MAX_SURGE_BASELINE_WINDOWS).contains(&n) {
+                        errs.at(
+                            b,
+                            format!("`baseline_secs` must be 1 to {MAX_SURGE_BASELINE_WINDOWS} whole windows (`window_secs`)"),
+                        );
+                        None
+                    } else {
+                        Some(n as u32)
+                    }
+                }
+                (None, _) => {
+                    errs.at(&spec.kind, "a surge rule needs `baseline_secs`".into());
+                    None
+                }
+                (Some(_), None) => None,
+            };
+            let factor = match &spec.factor {
+                Some(f) if f.get_ref().is_finite() && *f.get_ref() > 1.0 && *f.get_ref() <= 1000.0 => {
+                    Some(*f.get_ref())
+                }
+                Some(f) => {
+                    errs.at(f, "`factor` must be above 1 and at most 1000".into());
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a surge rule needs `factor`".into());
+                    None
+                }
+            };
+            let min_count = match &spec.min_count {
+                Some(m) if *m.get_ref() >= 1 => Some(*m.get_ref()),
+                Some(m) => {
+                    errs.at(m, "`min_count` must be at least 1".into());
+                    None
+                }
+                None => {
+                    errs.at(&spec.kind, "a surge rule needs `min_count`".into());
+                    None
+                }
+            };
+            match (group_by, window, windows, factor, min_count) {
+                (Some(group_by), Some(window), Some(baseline_windows), Some(factor), Some(min_count)) => {
+                    Some(CompiledKind::Surge {
+                        group_by,
+                        window_ms: secs_to_ms(window),
+                        baseline_windows,
+                        factor,
+                        min_count,
+                    })
+                }
+                _ => None,
+            }
+        }
         RuleKind::Honey => match &spec.honey_list {
             None => {
                 errs.at(&spec.kind, "a honey rule needs `honey_list`".into());
@@ -643,6 +740,8 @@ fn plural_stem(k: KeyName) -> &'static str {
         KeyName::Ip => "addresse",
         KeyName::IpPrefix => "prefixe",
         KeyName::Asn => "network",
+        KeyName::Batch => "batche",
+        KeyName::Brand => "brand",
     }
 }
 

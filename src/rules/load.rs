@@ -39,6 +39,8 @@ pub struct RuleSet {
     /// Whether any rule groups, counts or decides by `ip_prefix` (the one
     /// key that costs more to derive than to hash).
     pub uses_ip_prefix: bool,
+    /// Whether any rule groups, counts or decides by a card's batch or brand.
+    pub uses_card_groups: bool,
     /// Which rules' filters an attempt's own fields pass, all rules at once
     /// (`None` past 64 rules).
     pub field_index: Option<FieldIndex>,
@@ -56,6 +58,11 @@ impl RuleSet {
             longest = longest.max(match r.kind {
                 super::CompiledKind::Threshold { window_ms, .. } => window_ms,
                 super::CompiledKind::Quota { period_ms, .. } => period_ms,
+                super::CompiledKind::Surge {
+                    window_ms,
+                    baseline_windows,
+                    ..
+                } => window_ms.saturating_mul(i64::from(baseline_windows) + 1),
                 super::CompiledKind::Match | super::CompiledKind::Honey { .. } => 0,
             });
         }
@@ -68,6 +75,7 @@ impl RuleSet {
             .collect();
         RuleSet {
             uses_ip_prefix: rules.iter().any(|r| r.uses(KeyName::IpPrefix)),
+            uses_card_groups: rules.iter().any(|r| r.uses(KeyName::Batch) || r.uses(KeyName::Brand)),
             field_index: FieldIndex::new(&rules.iter().map(|r| &r.filter).collect::<Vec<_>>()),
             home_geo_needs,
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),

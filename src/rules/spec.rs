@@ -22,8 +22,9 @@ pub struct RuleSpec {
     #[serde(default)]
     pub description: String,
     /// `threshold` (an aggregate over a window crosses a line), `quota` (GCRA
-    /// rate limit per key), `match` (a single attempt is enough) or `honey`
-    /// (an attempt on a decoy code from `honey_list`).
+    /// rate limit per key), `match` (a single attempt is enough), `honey`
+    /// (an attempt on a decoy code from `honey_list`) or `surge` (a key's
+    /// count in a window against its own usual rate: a batch alarm).
     pub kind: Spanned<RuleKind>,
     /// `false` keeps the rule in the file but switches it off.
     #[serde(default = "yes")]
@@ -31,8 +32,8 @@ pub struct RuleSpec {
     /// Which attempts the rule looks at. Every condition given must hold.
     #[serde(default)]
     pub filter: FilterSpec,
-    /// threshold, quota: what state is kept per: `ip`, `ip_prefix`, `device`,
-    /// `account`, `card` or `asn`.
+    /// threshold, quota, surge: what state is kept per: `ip`, `ip_prefix`,
+    /// `device`, `account`, `card`, `asn`, `batch` or `brand`.
     #[serde(default)]
     pub group_by: Option<Spanned<KeyName>>,
     /// threshold: `count` (attempts), `distinct` (different values of
@@ -57,6 +58,16 @@ pub struct RuleSpec {
     /// quota: attempts allowed back to back (default: `limit`).
     #[serde(default)]
     pub burst: Option<Spanned<u32>>,
+    /// surge: the span of history a key's usual rate is taken over, in
+    /// seconds, a whole number of windows (`window_secs`).
+    #[serde(default)]
+    pub baseline_secs: Option<Spanned<u64>>,
+    /// surge: how many times its usual rate the current window must reach.
+    #[serde(default)]
+    pub factor: Option<Spanned<f64>>,
+    /// surge: the fewest attempts in the current window for it to fire.
+    #[serde(default)]
+    pub min_count: Option<Spanned<u64>>,
     /// honey: the file of decoy code hashes, relative to this rule file.
     #[serde(default)]
     pub honey_list: Option<Spanned<String>>,
@@ -132,6 +143,7 @@ pub enum RuleKind {
     Quota,
     Match,
     Honey,
+    Surge,
 }
 
 /// A key state can be grouped by, and a decision scope.
@@ -144,17 +156,23 @@ pub enum KeyName {
     Ip,
     IpPrefix,
     Asn,
+    /// The card's batch (`card.batch`).
+    Batch,
+    /// The card's brand (`card.brand`).
+    Brand,
 }
 
 impl KeyName {
     /// Every key name, in declaration order.
-    pub const ALL: [KeyName; 6] = [
+    pub const ALL: [KeyName; 8] = [
         KeyName::Card,
         KeyName::Account,
         KeyName::Device,
         KeyName::Ip,
         KeyName::IpPrefix,
         KeyName::Asn,
+        KeyName::Batch,
+        KeyName::Brand,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +183,8 @@ impl KeyName {
             KeyName::Ip => "ip",
             KeyName::IpPrefix => "ip_prefix",
             KeyName::Asn => "asn",
+            KeyName::Batch => "batch",
+            KeyName::Brand => "brand",
         }
     }
 }

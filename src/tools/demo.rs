@@ -30,7 +30,7 @@ use crate::tools::generate::Traffic;
 
 /// The shipped rule pack, built in so the demo runs from anywhere: its
 /// files, as paths under `config/rules`, and their text.
-pub const RULE_PACK: [(&str, &str); 5] = [
+pub const RULE_PACK: [(&str, &str); 6] = [
     (
         "config/rules/10-guessing.toml",
         include_str!("../../config/rules/10-guessing.toml"),
@@ -46,6 +46,10 @@ pub const RULE_PACK: [(&str, &str); 5] = [
     (
         "config/rules/40-honey.toml",
         include_str!("../../config/rules/40-honey.toml"),
+    ),
+    (
+        "config/rules/50-batch.toml",
+        include_str!("../../config/rules/50-batch.toml"),
     ),
     (
         "config/rules/honey-decoys.txt",

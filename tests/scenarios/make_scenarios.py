@@ -311,3 +311,57 @@ steady = crowd("cbl", [2, 2, 2, 2, 2, 8, 3])
 write("circuit-breaker-legit", steady, challenged(steady, len(steady)))
 with open(os.path.join(HERE, "circuit-breaker-legit", "rules.toml"), "w") as f:
     f.write(BREAKER_RULE)
+
+# a batch alarm: a day of honest typos against batch XM-2026-B7 (forty an
+# hour), then 2,000 residential addresses each trying two codes of it in
+# one hour, every address, device and account far under its own limits.
+# The 500th failure of that hour is more than five times the usual forty
+# (batch-failure-surge, shipped in shadow).
+def typos(prefix, hours, per_hour, batch="XM-2026-B7"):
+    events = []
+    for h in range(hours):
+        for i in range(per_hour):
+            n = h * per_hour + i
+            e = ev(f"{prefix}-{h:02}-{i:03}", h * 3600 + i * (3600 // per_hour), f"u-{prefix}-{n}", "invalid_code",
+                   ip=f"175.16.199.{n % 200}", device=f"fp-{prefix}-{n}")
+            e["card"]["batch"] = batch
+            events.append(e)
+    return events
+
+
+def bots(t0, addresses=2000, tries=2, batch="XM-2026-B7"):
+    events = []
+    for i in range(addresses):
+        for k in range(tries):
+            # Spread over the hour: address i's tries half an hour apart.
+            t = t0 + (i * 3600 // addresses) // tries + k * 1800
+            e = ev(f"bot-{i:04}-{k}", t, f"u-res-{i}", "invalid_code",
+                   ip=f"100.64.{i // 250}.{i % 250}", device=f"fp-res-{i}", card=f"guess-{i}-{k}")
+            e["card"]["batch"] = batch
+            events.append(e)
+    return events
+
+
+def nth_failure_in_window(events, n, start, end):
+    inside = sorted((e for e in events if start <= (dt.datetime.fromisoformat(e["ts"]) - T0).total_seconds() < end),
+                    key=lambda e: dt.datetime.fromisoformat(e["ts"]))
+    return inside[n - 1]["event_id"]
+
+
+day = typos("bt", 24, 40)
+attack = day + typos("bt24", 1, 40)
+for e in attack[-40:]:
+    # the same honest hour goes on during the attack
+    e["ts"] = ts((dt.datetime.fromisoformat(e["ts"]) - T0).total_seconds() + 24 * 3600)
+attack += bots(24 * 3600)
+trigger = nth_failure_in_window(attack, 500, 24 * 3600, 25 * 3600)
+write("batch-alarm", attack,
+      [{"rule": "batch-failure-surge", "action": "challenge", "scope": "batch", "subject": "XM-2026-B7",
+        "mode": "shadow", "trigger_event_id": trigger, "evidence": {"value": 500, "usual": 40.0}}])
+
+# a promotion evening: the batch's honest failures rise to three times the
+# usual hour (120), under the 500 it takes; and a neighbouring batch's day
+# is untouched by the other's.
+promo = day + [dict(e, ts=ts((dt.datetime.fromisoformat(e["ts"]) - T0).total_seconds() + 24 * 3600))
+               for e in typos("pr", 1, 120)]
+write("batch-alarm-legit", promo, [])

@@ -1,4 +1,4 @@
-//! The kinds of rule, one file each (threshold, quota, match, honey): a kind's per-key state, how an attempt
+//! The kinds of rule, one file each (threshold, quota, match, honey, surge): a kind's per-key state, how an attempt
 //! updates it, how its keys are prefetched, swept and capped, when it
 //! decides, and how its decision is worded.
 //!
@@ -11,6 +11,7 @@
 mod honey;
 mod matching;
 mod quota;
+mod surge;
 mod threshold;
 
 use std::sync::Arc;
@@ -138,4 +139,5 @@ kinds! {
     Quota: quota::Quota = CompiledKind::Quota { .. },
     Match: matching::Match = CompiledKind::Match,
     Honey: honey::Honey = CompiledKind::Honey { .. },
+    Surge: surge::Surge = CompiledKind::Surge { .. },
 }

@@ -38,13 +38,31 @@ impl Keys {
     }
 }
 
+/// The keys that cost a hash only some rule sets need.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Wanted {
+    pub(super) ip_prefix: bool,
+    pub(super) batch: bool,
+    pub(super) brand: bool,
+}
+
+impl Wanted {
+    pub(super) fn by(rules: &crate::rules::RuleSet) -> Wanted {
+        Wanted {
+            ip_prefix: rules.uses_ip_prefix,
+            batch: rules.uses_batch,
+            brand: rules.uses_brand,
+        }
+    }
+}
+
 impl Engine {
     /// The attempt's key hashes; `asn` is left for the caller, who knows
-    /// whether the geo lookup is needed, `ip_prefix` is left out unless
-    /// `prefix` and `batch` and `brand` unless `groups` (a rule set that
-    /// uses them).
-    pub(super) fn keys(&self, e: &Event, prefix: bool, groups: bool) -> Keys {
-        let ip_prefix = e.ip.filter(|_| prefix).map(|ip| {
+    /// whether the geo lookup is needed, and `ip_prefix`, `batch` and
+    /// `brand` are left out unless `wanted` says a rule uses them (each
+    /// costs a hash most rule sets never read).
+    pub(super) fn keys(&self, e: &Event, wanted: Wanted) -> Keys {
+        let ip_prefix = e.ip.filter(|_| wanted.ip_prefix).map(|ip| {
             let len = match ip {
                 IpAddr::V4(_) => self.config.ipv4_prefix_len,
                 IpAddr::V6(_) => self.config.ipv6_prefix_len,
@@ -65,13 +83,13 @@ impl Engine {
                 .card
                 .batch
                 .as_deref()
-                .filter(|_| groups)
+                .filter(|_| wanted.batch)
                 .map(|b| key_of(&(KeyName::Batch, b))),
             brand: e
                 .card
                 .brand
                 .as_deref()
-                .filter(|_| groups)
+                .filter(|_| wanted.brand)
                 .map(|b| key_of(&(KeyName::Brand, b))),
         }
     }

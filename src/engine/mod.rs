@@ -293,7 +293,7 @@ impl Engine {
         let loaded = self.loaded();
         let prepared = Prepared {
             id: key_of(e.event_id.as_ref()),
-            keys: self.keys(e, loaded.rules.uses_ip_prefix, loaded.rules.uses_card_groups),
+            keys: self.keys(e, keys::Wanted::by(&loaded.rules)),
             fields: may_match(&loaded.rules, e),
             generation: loaded.generation,
         };
@@ -337,7 +337,7 @@ impl Engine {
         // All keys but `asn`, which needs the geo lookup.
         let mut keys = match prepared {
             Some(p) => p.keys,
-            None => self.keys(e, rules.uses_ip_prefix, rules.uses_card_groups),
+            None => self.keys(e, keys::Wanted::by(rules)),
         };
         let needs = rules.geo_needs_at(home);
         let geo = match e.ip {

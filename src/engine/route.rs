@@ -34,8 +34,11 @@ impl Engine {
             asn: geo.asn.map(|a| key_of(&a)),
             ..self.keys(
                 e,
-                homes.contains(&KeyName::IpPrefix),
-                homes.contains(&KeyName::Batch) || homes.contains(&KeyName::Brand),
+                super::keys::Wanted {
+                    ip_prefix: homes.contains(&KeyName::IpPrefix),
+                    batch: homes.contains(&KeyName::Batch),
+                    brand: homes.contains(&KeyName::Brand),
+                },
             )
         };
         let facts = Facts {

@@ -39,8 +39,9 @@ pub struct RuleSet {
     /// Whether any rule groups, counts or decides by `ip_prefix` (the one
     /// key that costs more to derive than to hash).
     pub uses_ip_prefix: bool,
-    /// Whether any rule groups, counts or decides by a card's batch or brand.
-    pub uses_card_groups: bool,
+    /// Whether any rule groups, counts or decides by a card's batch; by its brand.
+    pub uses_batch: bool,
+    pub uses_brand: bool,
     /// Which rules' filters an attempt's own fields pass, all rules at once
     /// (`None` past 64 rules).
     pub field_index: Option<FieldIndex>,
@@ -75,7 +76,8 @@ impl RuleSet {
             .collect();
         RuleSet {
             uses_ip_prefix: rules.iter().any(|r| r.uses(KeyName::IpPrefix)),
-            uses_card_groups: rules.iter().any(|r| r.uses(KeyName::Batch) || r.uses(KeyName::Brand)),
+            uses_batch: rules.iter().any(|r| r.uses(KeyName::Batch)),
+            uses_brand: rules.iter().any(|r| r.uses(KeyName::Brand)),
             field_index: FieldIndex::new(&rules.iter().map(|r| &r.filter).collect::<Vec<_>>()),
             home_geo_needs,
             needs_account_memory: rules.iter().any(|r| r.filter.needs_account_memory()),

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub breaker_trips: IntCounterVec,
     /// By rule with a breaker: 1 while it holds the rule in shadow.
     pub breaker_open: IntGaugeVec,
+    /// By link: decisions derived for linked entities.
+    pub linked_decisions: IntCounterVec,
     /// By rule with a ladder and step: decisions published.
     pub ladder_decisions: IntCounterVec,
     /// By honey rule: decoys on its list.
@@ -198,6 +200,18 @@ impl Metrics {
                 "1 while a rule's circuit breaker holds it in shadow (at the engine's event time), 0 while it enforces.",
                 &["rule"],
             ),
+            linked_decisions: {
+                let c = counter(
+                    "linked_decisions_total",
+                    "Decisions derived for the entities linked to a frozen account or a blocked device, by link (engine.links).",
+                    &["link"],
+                );
+                // Every link has a series from the first scrape.
+                for link in ["device_accounts", "account_devices", "account_cards"] {
+                    c.with_label_values(&[link]);
+                }
+                c
+            },
             ladder_decisions: counter(
                 "ladder_decisions_total",
                 "Decisions of rules with a ladder, by the step the subject stood on (offence 1 is a first decision; 2 and up are repeat offenders).",

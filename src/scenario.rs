@@ -7,7 +7,8 @@
 //! Every expected line must match a distinct produced decision, and every
 //! produced decision must be expected: an empty `expected.jsonl` says "this
 //! traffic must stay quiet". Rules come from `rules.toml` in the folder when
-//! present, else from the rule set given to the runner.
+//! present, else from the rule set given to the runner; engine limits from
+//! `engine.toml` (the keys of `[engine]`) when present, else the runner's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,7 +111,24 @@ pub fn run_scenario(
             .push("no rules.toml in the folder and no --rules given".into());
         return report;
     };
-    let engine = match Engine::new(rules, geo.clone(), config.clone()) {
+    // A folder may set engine limits of its own (`engine.toml`, the
+    // `[engine]` section's keys), e.g. to switch linked decisions on.
+    let own_config = dir.join("engine.toml");
+    let config = if own_config.is_file() {
+        match std::fs::read_to_string(&own_config)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<EngineConfig>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                report.errors.push(format!("{}: {e}", own_config.display()));
+                return report;
+            }
+        }
+    } else {
+        config.clone()
+    };
+    let engine = match Engine::new(rules, geo.clone(), config) {
         Ok(e) => e,
         Err(e) => {
             report.errors.push(e.to_string());

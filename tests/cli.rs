@@ -280,7 +280,7 @@ fn test_rules_command_passes_on_the_golden_folders_and_fails_on_a_bad_one() {
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.trim_end().ends_with("32 passed, 0 failed"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("34 passed, 0 failed"), "{stdout}");
 
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::copy(

@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub ipv4_prefix_len: u8,
     /// Prefix length for `ip_prefix` keys on IPv6 addresses.
     pub ipv6_prefix_len: u8,
+    /// Linked-entity decisions (see `engine::links`): off by default.
+    pub links: super::links::LinksConfig,
 }
 
 impl EngineConfig {
@@ -76,7 +78,7 @@ impl EngineConfig {
                 "ipv4_prefix_len must be 0..=32 and ipv6_prefix_len 0..=128".into(),
             ));
         }
-        Ok(())
+        self.links.validate().map_err(EngineError::Config)
     }
 }
 
@@ -94,6 +96,7 @@ impl Default for EngineConfig {
             sweep_every_secs: 60,
             ipv4_prefix_len: 24,
             ipv6_prefix_len: 48,
+            links: Default::default(),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - `decide`: the book's admission, the decision record, releases.
 //! - `ladder`: repeat offenders, longer decisions step by step.
 //! - `breaker`: circuit breakers that switch a surging rule to shadow.
+//! - `links`: decisions derived for the entities linked to a frozen one.
 //! - `route`: what the split pipeline routes where.
 //! - `sweep`: evicting keys that can no longer change a decision.
 //! - `reload`: swapping rule sets, keeping unchanged rules' state.
@@ -28,6 +29,7 @@ mod decide;
 mod keys;
 mod kinds;
 mod ladder;
+mod links;
 mod memory;
 mod reload;
 mod route;
@@ -47,6 +49,7 @@ use crate::state::{AccountMemory, BudgetStats, CardMemory, EventClock, KeyedStor
 pub use breaker::OpsEvent;
 pub use config::{EngineConfig, EngineError};
 pub use kinds::MAX_SAMPLES;
+pub use links::{LinkAction, LinksConfig};
 pub use reload::Replaced;
 
 use config::check_geo;
@@ -103,6 +106,8 @@ pub struct Engine {
     book: DecisionBook,
     /// Repeat offenders' records (see `ladder`).
     offences: ladder::Offences,
+    /// Links between accounts, devices and cards (see `links`).
+    links: links::Links,
     /// Circuit breakers of the rules that have one (see `breaker`).
     breakers: breaker::Breakers,
     /// What the breakers did, waiting for `take_ops`; `ops_pending` says
@@ -223,6 +228,7 @@ impl Engine {
             book: DecisionBook::new(StateBudget::new(config.max_keys)),
             // As the book's: a budget of its own, for the same reason.
             offences: KeyedStore::new(StateBudget::new(config.max_keys)).named("offences"),
+            links: links::Links::new(budget.clone()),
             breakers: Default::default(),
             ops: Default::default(),
             ops_pending: AtomicBool::new(false),
@@ -359,6 +365,9 @@ impl Engine {
             Some(p) => p.fields,
             None => may_match(rules, e),
         };
+        // This attempt's own links first: a decision on it reaches the
+        // partners it has just shown.
+        self.learn_links(e, &keys);
         let before = out.len();
         let global = self
             .global_allow_set
@@ -375,6 +384,9 @@ impl Engine {
             }
             if let Some(d) = state.evaluate(self, rule, e, &keys, &facts) {
                 out.push(d);
+                let parent = out.len() - 1;
+                let parent = out[parent].clone();
+                self.derive_linked(&parent, e, &keys, out);
             }
         }
         if out.len() > before {

@@ -71,6 +71,10 @@ impl Engine {
         let ttl = self.config.memory_ttl_ms();
         evicted += sweep(ttl, &|h| self.accounts.evict_idle(h));
         evicted += sweep(ttl, &|h| self.cards.evict_idle(h));
+        if self.config.links.enabled {
+            let window = crate::units::secs_to_ms(self.config.links.window_secs);
+            evicted += sweep(window, &|h| self.links.evict_idle(h));
+        }
         let offences = self.offence_span_ms(&loaded.rules.rules);
         evicted += sweep(offences, &|h| self.offences.evict_idle(h));
         evicted += self.book.expire(now);
@@ -97,6 +101,14 @@ impl Engine {
         ]
         .into_iter()
         .chain(loaded.states.iter().filter_map(|s| s.cap_hits()))
+        .chain(
+            self.config
+                .links
+                .enabled
+                .then(|| self.links.cap_hits())
+                .into_iter()
+                .flatten(),
+        )
         .collect();
         for (store, hits) in self.retired_cap_hits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             match all.iter_mut().find(|c| c.store == *store) {

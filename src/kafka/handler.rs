@@ -190,6 +190,9 @@ impl MessageHandler<'_> {
                 .decisions
                 .with_label_values(&[&*d.rule, d.action.as_str(), d.scope.as_str(), d.mode.as_str()])
                 .inc();
+            if let Some(link) = d.evidence.get("link").and_then(|l| l.as_str()) {
+                metrics.linked_decisions.with_label_values(&[link]).inc();
+            }
             // A ladder has at most eight steps: the label stays small.
             if let Some(offence) = d.evidence.get("offence").and_then(|o| o.as_u64()) {
                 metrics

@@ -365,3 +365,39 @@ write("batch-alarm", attack,
 promo = day + [dict(e, ts=ts((dt.datetime.fromisoformat(e["ts"]) - T0).total_seconds() + 24 * 3600))
                for e in typos("pr", 1, 120)]
 write("batch-alarm-legit", promo, [])
+
+# linked decisions (engine.links, switched on in the folder's engine.toml):
+# an account with a second phone and a stolen card behind it, and a second
+# account on its bot device, then the decoy that freezes it (honey rules).
+# The frozen account's other device and the card it redeemed, and the
+# blocked device's other account, each get a challenge naming the parent.
+LINKS_ON = "# Linked decisions on, enforced (the service's default is off, and shadow).\n[links]\nenabled = true\nmode = \"enforce\"\n"
+linked = [ev("lf-1", 0, "u-ring", ip="175.16.199.233", device="fp-ring-2", card="stolen-1", face=10000),
+          ev("lf-2", 60, "u-ring-alt", ip="175.16.199.233", device="fp-ring", card="stolen-2", face=10000),
+          ev("lf-3", 120, "u-ring", "invalid_code", ip="175.16.199.234", device="fp-ring")]
+linked[2]["card"]["code_hash"] = "dec0dec000000005"
+honey3 = lambda acct, dev, ip, trig: [
+    {"rule": "honey-code-account", "action": "freeze", "subject": acct, "trigger_event_id": trig},
+    {"rule": "honey-code-device", "action": "block", "subject": dev, "trigger_event_id": trig},
+    {"rule": "honey-code-ip", "action": "block", "subject": ip, "trigger_event_id": trig}]
+write("linked-freeze", linked,
+      honey3("u-ring", "fp-ring", "175.16.199.234", "lf-3") +
+      [{"rule": "honey-code-account", "action": "challenge", "scope": "device", "subject": "fp-ring-2",
+        "mode": "enforce", "evidence": {"link": "account_devices", "via": {"scope": "account", "subject": "u-ring"}}},
+       {"rule": "honey-code-account", "action": "challenge", "scope": "card", "subject": code("stolen-1"),
+        "evidence": {"link": "account_cards"}},
+       {"rule": "honey-code-device", "action": "challenge", "scope": "account", "subject": "u-ring-alt",
+        "evidence": {"link": "device_accounts", "via": {"scope": "device", "subject": "fp-ring"}}}])
+with open(os.path.join(HERE, "linked-freeze", "engine.toml"), "w") as f:
+    f.write(LINKS_ON)
+
+# a store's kiosk shared by twelve honest customers, then a thief trying a
+# decoy on it: the kiosk is a hub (more than ten accounts), so its block
+# reaches none of the twelve.
+kiosk = [ev(f"lk-{i:02}", i * 60, f"u-kiosk-{i}", ip="175.16.199.235", device="fp-kiosk", face=5000)
+         for i in range(12)]
+kiosk.append(ev("lk-thief", 800, "u-kthief", "invalid_code", ip="175.16.199.236", device="fp-kiosk"))
+kiosk[-1]["card"]["code_hash"] = "dec0dec000000006"
+write("linked-freeze-legit", kiosk, honey3("u-kthief", "fp-kiosk", "175.16.199.236", "lk-thief"))
+with open(os.path.join(HERE, "linked-freeze-legit", "engine.toml"), "w") as f:
+    f.write(LINKS_ON)

@@ -396,8 +396,16 @@ mod tests {
         for k in 0..5 {
             p.add(k, "x", 1_000 + k as i64, 0, 3);
         }
-        assert_eq!(p.list.len(), 3, "one past max_partners = 2 marks a hub; more tell nothing new");
+        assert_eq!(
+            p.list.len(),
+            3,
+            "one past max_partners = 2 marks a hub; more tell nothing new"
+        );
         p.add(9, "y", 10_000, 5_000, 3);
-        assert_eq!(p.list.iter().map(|q| q.key).collect::<Vec<_>>(), [9], "the old ones expired");
+        assert_eq!(
+            p.list.iter().map(|q| q.key).collect::<Vec<_>>(),
+            [9],
+            "the old ones expired"
+        );
     }
 }

@@ -96,6 +96,10 @@ struct Published {
     event_ts: String,
     until: Option<String>,
     rule: String,
+    /// Taken whole, whatever its shape: a record whose evidence is odd is
+    /// still a decision for the book; only its ladder step is then unknown.
+    #[serde(default)]
+    evidence: Option<serde_json::Value>,
 }
 
 impl Active {
@@ -108,7 +112,20 @@ impl Active {
     /// a `release` lapses at its own event time. `None` for anything that is
     /// not a decision.
     pub fn from_published(payload: &[u8]) -> Option<Active> {
+        Active::read_published(payload).map(|(a, _)| a)
+    }
+
+    /// [`Active::from_published`], with the ladder step the decision
+    /// carries (`evidence.offence`), from one parse of the payload.
+    pub fn read_published(payload: &[u8]) -> Option<(Active, Option<u32>)> {
         let p: Published = serde_json::from_slice(payload).ok()?;
+        // A ladder rule's step (`engine::ladder`).
+        let offence = p
+            .evidence
+            .as_ref()
+            .and_then(|e| e.get("offence"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|o| u32::try_from(o).ok());
         let at = crate::event::parse_ts_ms(&p.event_ts)?;
         let until_ms = match (p.action, &p.until) {
             (Action::Release, _) => at,
@@ -124,6 +141,7 @@ impl Active {
             rule: p.rule.into(),
             at_ms: at,
         })
+        .map(|a| (a, offence))
     }
 }
 

@@ -148,19 +148,19 @@ impl Engine {
         all.entry((rule.id.clone(), rule.version.clone())).or_default().clone()
     }
 
-    /// Whether `rule`'s breaker holds it in shadow at `ts_ms` (false for a
-    /// rule without one).
-    pub(super) fn breaker_open(&self, rule: &CompiledRule, ts_ms: i64) -> bool {
-        rule.breaker.is_some() && self.breaker_of(rule).is_open(ts_ms)
+    /// `rule`'s breaker, for a rule with a `breaker` setting: looked up
+    /// once per decision, for both the question and the count.
+    pub(super) fn breaker(&self, rule: &CompiledRule) -> Option<Arc<Breaker>> {
+        rule.breaker.as_ref().map(|_| self.breaker_of(rule))
     }
 
     /// Counts a decision `rule` published at `ts_ms` on its breaker, and
     /// queues the trip it causes for the operations topic.
-    pub(super) fn breaker_note(&self, rule: &CompiledRule, ts_ms: i64) {
+    pub(super) fn breaker_note(&self, breaker: &Breaker, rule: &CompiledRule, ts_ms: i64) {
         let Some(config) = &rule.breaker else {
             return;
         };
-        if let Some(event) = self.breaker_of(rule).note(rule, config, ts_ms) {
+        if let Some(event) = breaker.note(rule, config, ts_ms) {
             self.push_ops(event);
         }
     }

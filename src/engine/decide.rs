@@ -43,7 +43,8 @@ impl Engine {
         };
         let until_ms = duration_ms.map_or(i64::MAX, |d| e.ts_ms.saturating_add(d));
         // A tripped breaker publishes the rule's decisions in shadow.
-        let shadowed = rule.mode == Mode::Enforce && self.breaker_open(rule, e.ts_ms);
+        let breaker = self.breaker(rule);
+        let shadowed = rule.mode == Mode::Enforce && breaker.as_ref().is_some_and(|b| b.is_open(e.ts_ms));
         let mode = if shadowed { Mode::Shadow } else { rule.mode };
         if !self
             .book
@@ -51,7 +52,9 @@ impl Engine {
         {
             return None;
         }
-        self.breaker_note(rule, e.ts_ms);
+        if let Some(b) = &breaker {
+            self.breaker_note(b, rule, e.ts_ms);
+        }
         let (mut reason, mut evidence, samples) = explain(&subject);
         if shadowed {
             reason.push_str("; in shadow: the rule's circuit breaker is open");
@@ -96,10 +99,12 @@ impl Engine {
     /// Books a decision read from the decisions topic (see
     /// [`crate::decision::DecisionBook::apply`]); `false` when `payload` is not a decision.
     pub fn book_published(&self, payload: &[u8]) -> bool {
-        match Active::from_published(payload) {
-            Some(a) => {
+        match Active::read_published(payload) {
+            Some((a, offence)) => {
+                if let Some(step) = offence {
+                    self.offence_published(&a, step);
+                }
                 self.book.apply(a);
-                self.offence_published(payload);
                 true
             }
             None => false,

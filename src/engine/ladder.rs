@@ -5,9 +5,8 @@
 //! or a rebalance, as the book is; replay keeps the same record from the
 //! decisions it makes, so both decide alike.
 
-use serde::Deserialize;
-
 use super::Engine;
+use crate::decision::Active;
 use crate::key::key_of;
 use crate::rules::{CompiledRule, KeyName, Ladder, Mode};
 use crate::state::{KeyedStore, LastSeen};
@@ -31,24 +30,6 @@ pub(super) type Offences = KeyedStore<Offence>;
 
 fn offence_key(rule: &str, scope: KeyName, subject: &str, mode: Mode) -> u64 {
     key_of(&(rule, scope, subject, mode))
-}
-
-/// What the ladder reads of a published decision.
-#[derive(Deserialize)]
-struct Published {
-    rule: String,
-    scope: KeyName,
-    subject: String,
-    #[serde(default)]
-    mode: Mode,
-    event_ts: String,
-    #[serde(default)]
-    evidence: Evidence,
-}
-
-#[derive(Deserialize, Default)]
-struct Evidence {
-    offence: Option<u32>,
 }
 
 impl Engine {
@@ -82,16 +63,11 @@ impl Engine {
         );
     }
 
-    /// Takes the step of a decision read from the decisions topic, if it
-    /// has one (`evidence.offence`): the record climbs to it, never down.
-    pub(super) fn offence_published(&self, payload: &[u8]) {
-        let Ok(p) = serde_json::from_slice::<Published>(payload) else {
-            return;
-        };
-        let (Some(step), Some(ts_ms)) = (p.evidence.offence, crate::event::parse_ts_ms(&p.event_ts)) else {
-            return;
-        };
-        let key = offence_key(&p.rule, p.scope, &p.subject, p.mode);
+    /// Takes the step (`evidence.offence`) of decision `a`, read from the
+    /// decisions topic: the record climbs to it, never down.
+    pub(super) fn offence_published(&self, a: &Active, step: u32) {
+        let ts_ms = a.at_ms;
+        let key = offence_key(&a.rule, a.scope, &a.subject, a.mode);
         // Whether it is still recent is judged when it is read.
         self.offences.with(
             key,

@@ -383,10 +383,10 @@ impl Engine {
                 continue;
             }
             if let Some(d) = state.evaluate(self, rule, e, &keys, &facts) {
-                out.push(d);
-                let parent = out.len() - 1;
-                let parent = out[parent].clone();
-                self.derive_linked(&parent, e, &keys, out);
+                // The parent goes before what it derives (none with links off).
+                let at = out.len();
+                self.derive_linked(&d, e, &keys, out);
+                out.insert(at, d);
             }
         }
         if out.len() > before {

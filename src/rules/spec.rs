@@ -8,6 +8,10 @@ use toml::Spanned;
 
 use crate::event::{CardType, Channel, Kind, Outcome, Platform};
 
+/// Longest decision duration: ten years (longer reads as "until released",
+/// which is what leaving `duration_secs` out says).
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+
 fn yes() -> bool {
     true
 }

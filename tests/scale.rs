@@ -254,6 +254,23 @@ impl Split {
         assert!(extra.is_empty(), "{context}: decisions replay does not make: {extra:?}");
     }
 
+    /// Every instance's lines on sources given up as silent: where a home
+    /// stopped waiting, and so where its order may have given way.
+    fn order_log(&self) -> String {
+        let mut out = String::new();
+        for n in 1..=3 {
+            let log =
+                std::fs::read_to_string(self.setup.dir.path().join(format!("instance-{n}.log"))).unwrap_or_default();
+            for l in log
+                .lines()
+                .filter(|l| l.contains("kafka::order") || l.contains("new partitions"))
+            {
+                out += &format!("instance {n}: {l}\n");
+            }
+        }
+        out
+    }
+
     /// Whether instance `n`'s log has a line saying `what` about internal partitions.
     fn logged_internal(&self, n: usize, what: &str) -> bool {
         let log = std::fs::read_to_string(self.setup.dir.path().join(format!("instance-{n}.log"))).unwrap_or_default();
@@ -527,7 +544,8 @@ fn three_split_instances_on_a_backlog_with_one_held_back_decide_as_replay() {
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
-        "decision ids differ from replay's"
+        "decision ids differ from replay's; where the order gave way:\n{}",
+        st.order_log()
     );
 }
 

@@ -116,8 +116,10 @@ pub struct PipelineConfig {
     /// homes.
     pub order_idle_ms: u64,
     /// Longest an engine waits for a source that says nothing at all (a
-    /// router stopped or killed, until its partitions move), ms. Decisions
-    /// wait with it; what the source sends later counts behind the order.
+    /// router stopped or killed, until its partitions move), ms, counted
+    /// only while the partition it is read through holds nothing unread.
+    /// Decisions wait with it; what the source sends later counts behind
+    /// the order.
     pub order_stall_ms: u64,
     /// Most attempts an engine holds for ordering; past it the oldest goes
     /// on whatever the watermark says, counted.

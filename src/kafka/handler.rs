@@ -231,8 +231,10 @@ impl MessageHandler<'_> {
             let fresh =
                 mark.sent != Some(marker) || now.saturating_duration_since(mark.sent_at) >= Duration::from_secs(1);
             // A partition that has delivered nothing since it was assigned
-            // has no watermark to give until it is idle.
-            if !fresh || marker.ts_ms == Some(i64::MIN) {
+            // gives the lowest watermark there is: it moves nothing, but it
+            // says this router is alive, so the homes wait for a router still
+            // reading its backlog rather than give it up as stopped.
+            if !fresh {
                 continue;
             }
             let text = marker.encode();

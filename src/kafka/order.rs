@@ -26,6 +26,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
+use tracing::{info, warn};
+
 /// A consumed partition: the topic's index in the topology, the partition.
 pub type Slot = (usize, i32);
 
@@ -72,10 +74,15 @@ impl Marker {
 struct Source {
     /// How far in event time this source has come.
     watermark: i64,
-    /// When it last said anything.
+    /// When it last said anything, or, if later, when the partition it is
+    /// read through last held records not yet read: what it says may be
+    /// among them, so its silence counts only from when they are read.
     heard: Instant,
     /// It said it has nothing more for now.
     idle: bool,
+    /// Silent past the stall at the last release: it no longer holds the
+    /// others back (logged once when it goes, once when it comes back).
+    stalled: bool,
 }
 
 impl Source {
@@ -85,6 +92,7 @@ impl Source {
             watermark: i64::MIN,
             heard: now,
             idle: false,
+            stalled: false,
         }
     }
 }
@@ -192,6 +200,16 @@ impl<T> Orderer<T> {
         }
     }
 
+    /// Notes that `slot` still holds records this engine has not read. Its
+    /// sources' silence does not count meanwhile: a home reading a backlog
+    /// has not heard its routers yet, which is not the same as routers that
+    /// have gone quiet.
+    pub fn backlogged(&mut self, slot: Slot, now: Instant) {
+        for (_, s) in self.sources.range_mut((slot, i32::MIN)..=(slot, i32::MAX)) {
+            s.heard = s.heard.max(now);
+        }
+    }
+
     /// Marks the sources `which` picks idle when they have delivered
     /// nothing for `quiet`: partitions read directly, caught up or empty.
     /// (A home's sources say so themselves, through their routers.)
@@ -213,6 +231,29 @@ impl<T> Orderer<T> {
             .unwrap_or(i64::MAX)
     }
 
+    /// Logs each source that goes silent past the stall while others wait
+    /// for it, and each that speaks again: the moment the order gives way
+    /// is the one an operator needs to see.
+    fn note_stalls(&mut self, now: Instant) {
+        let stall = self.stall;
+        let waiting = !self.pending.is_empty();
+        for (id, s) in self.sources.iter_mut() {
+            let silent = !s.idle && now.saturating_duration_since(s.heard) >= stall;
+            if silent && !s.stalled && waiting {
+                warn!(
+                    slot = ?id.0,
+                    source = id.1,
+                    silent_ms = now.saturating_duration_since(s.heard).as_millis() as u64,
+                    "a source is silent past pipeline.order_stall_ms; attempts no longer wait for it"
+                );
+                s.stalled = true;
+            } else if !silent && s.stalled {
+                info!(slot = ?id.0, source = id.1, "a silent source speaks again");
+                s.stalled = false;
+            }
+        }
+    }
+
     /// The next attempt whose turn has come, if any.
     pub fn pop(&mut self, now: Instant) -> Option<Released<T>> {
         let low = self.low_watermark(now);
@@ -223,6 +264,7 @@ impl<T> Orderer<T> {
     /// watermark is worked out once for all of them: nothing `f` does
     /// changes the sources.
     pub fn drain(&mut self, now: Instant, mut f: impl FnMut(Released<T>)) {
+        self.note_stalls(now);
         let low = self.low_watermark(now);
         while let Some(r) = self.pop_below(low, now) {
             f(r);
@@ -331,6 +373,24 @@ mod tests {
     }
 
     #[test]
+    fn a_source_behind_an_unread_backlog_is_not_silent() {
+        let now = Instant::now();
+        let mut o = Orderer::new(STALL, 100);
+        o.expect(src(0), now);
+        o.expect(src(1), now);
+        o.push(src(0), 0, 100, "a", now);
+        // Partition 1 still holds unread records until just before the
+        // stall: its source's words may be among them.
+        o.backlogged((0, 1), now + STALL / 2);
+        assert!(o.pop(now + STALL).is_none(), "silent only since its backlog was read");
+        assert_eq!(
+            drain(&mut o, now + STALL / 2 + STALL),
+            ["a"],
+            "then silent past the stall"
+        );
+    }
+
+    #[test]
     fn a_full_buffer_releases_its_oldest_and_counts_it() {
         let now = Instant::now();
         let mut o = Orderer::new(STALL, 2);
@@ -364,6 +424,11 @@ mod tests {
                 ts_ms: Some(1_795_305_600_123),
             },
             Marker { source: 0, ts_ms: None },
+            // A router alive with nothing read yet.
+            Marker {
+                source: 1,
+                ts_ms: Some(i64::MIN),
+            },
         ] {
             assert_eq!(Marker::decode(&m.encode()), Some(m));
         }

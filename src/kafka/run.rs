@@ -342,6 +342,11 @@ impl ConsumeLoop<'_> {
         let (context, topology, consumed) = (self.consumer.context(), self.topology, &self.consumed);
         let caught_up =
             |slot: &Slot| context.is_caught_up(&topology.consumed[slot.0].topic, slot.1, consumed.get(slot).copied());
+        for slot in &self.owned {
+            if topology.consumed[slot.0].role != Role::Route && !caught_up(slot) {
+                self.order.backlogged(*slot, now);
+            }
+        }
         self.order.idle_if_quiet(self.idle, now, |(slot, _)| {
             topology.consumed[slot.0].role == Role::Direct && caught_up(slot)
         });

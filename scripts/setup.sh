@@ -34,6 +34,8 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # systemd-analyze, to verify deploy/systemd/kamiguard.service.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Chromium, headless: the backtest report's browser test takes a screenshot.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 for pkg in zlib1g-dev libssl-dev pkg-config python3-venv; do
     dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
 done

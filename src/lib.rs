@@ -40,6 +40,9 @@
 //!   creation, event-time order, the split topology, the book and allowlist
 //!   followers.
 //! - [`replay`]: `kamiguard replay`, a file of attempts through the same engine.
+//! - [`backtest`]: `kamiguard backtest`, the analyst's workbench: a history
+//!   through the engine, scored against outcome labels, diffed against a
+//!   baseline, swept, drawn as one HTML page.
 //! - [`scenario`]: golden scenario folders, run by `kamiguard test-rules`.
 //! - [`reload`]: hot reload of the rule files (SIGHUP or a change on disk).
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
@@ -63,6 +66,7 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod backtest;
 pub mod config;
 pub mod decision;
 pub mod engine;

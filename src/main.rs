@@ -54,6 +54,31 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Score the rules on a history of attempts against outcome labels; with
+    /// --baseline, what an edit would change; with --sweep, where a setting
+    /// should sit; --report draws it all on one HTML page.
+    Backtest {
+        /// Attempt events, one JSON object per line (as replay reads them).
+        events: PathBuf,
+        /// Outcome labels, one JSON object per line (README, "Outcome labels").
+        #[arg(long)]
+        labels: PathBuf,
+        /// The rules in use today: what the candidate (--rules) would change.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// RULE.FIELD=FROM..TO/STEP: that setting at each value (threshold,
+        /// window_secs, limit, period_secs, burst).
+        #[arg(long)]
+        sweep: Option<kamiguard::backtest::sweep::SweepSpec>,
+        /// Write the report as one self-contained HTML page here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Print the figures as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Check rule files; print every error as file:line:column and exit non-zero if any.
     CheckRules {
         /// A rule file or a directory of them.
@@ -260,6 +285,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allowlist,
             common,
         } => replay_command(&events, out.as_deref(), allowlist.as_deref(), &common),
+        Command::Backtest {
+            events,
+            labels,
+            baseline,
+            sweep,
+            report,
+            json,
+            common,
+        } => backtest_command(
+            &events,
+            &labels,
+            baseline.as_deref(),
+            sweep.as_ref(),
+            report.as_deref(),
+            json,
+            &common,
+        ),
         Command::CheckRules { path, common } => check_rules(&path, &common),
         Command::TestRules { dir, common } => test_rules(&dir, &common),
         Command::HashCodes { config } => hash_codes(config.as_deref()),
@@ -453,6 +495,48 @@ fn replay_command(
             stats.state.cap_hits,
             by_store.join(", ")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backtest_command(
+    events: &Path,
+    labels: &Path,
+    baseline: Option<&Path>,
+    sweep: Option<&kamiguard::backtest::sweep::SweepSpec>,
+    report: Option<&Path>,
+    json: bool,
+    common: &Common,
+) -> anyhow::Result<ExitCode> {
+    use kamiguard::backtest;
+    let config = common.config()?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo)?);
+    let hasher = code_hasher(&config);
+    let rules = rules_path(&config);
+    let found = backtest::backtest(&backtest::Inputs {
+        events,
+        labels,
+        rules: &rules,
+        baseline,
+        sweep,
+        setup: backtest::Setup {
+            geo,
+            config: config.engine.clone(),
+        },
+        hasher: &hasher,
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = report {
+        std::fs::write(path, backtest::html::render(&found))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &found)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", backtest::render_text(&found))?;
     }
     Ok(ExitCode::SUCCESS)
 }

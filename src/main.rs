@@ -102,6 +102,10 @@ enum Command {
         /// so the shipped geo rules can run (`--config DIR/kamiguard.toml`).
         #[arg(long)]
         geo: Option<PathBuf>,
+        /// Also write the outcome labels the generator knows (each actor
+        /// fraud or legit, with its family) here, for `kamiguard backtest`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Consume attempts from Kafka, publish decisions and dead letters (the live service).
     Run {
@@ -347,11 +351,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             rate,
             geo,
+            labels,
         } => {
             if let Some(dir) = &geo {
                 write_geo(dir)?;
             }
             let text = kamiguard::tools::generate::generate(events, seed, rate);
+            if let Some(path) = &labels {
+                std::fs::write(path, kamiguard::tools::generate::labels(&text))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }

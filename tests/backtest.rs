@@ -9,6 +9,7 @@
 //! | e6-e7 failed | u-guess2 (fraud, guessing) | 10.0.0.4 | missed at threshold 3 |
 //! | e8 ¥1,500 | u-other (no label) | 10.0.0.5 | `big-card` challenges |
 //! | e9-e11 failed | u-typo (legit), address labeled legit too | 10.0.0.6 | `guessing` blocks |
+//! | e12 ¥10 | u-neighbour (legit) | 10.0.0.1 | turned away by the block in force |
 //!
 //! u-absent is labeled fraud and never attempts: not scored.
 
@@ -70,10 +71,10 @@ fn matrix(r: &Value) -> [u64; 6] {
 fn the_score_is_the_hand_computed_one() {
     let r = backtest(&[]);
     let s = &r["score"];
-    assert_eq!(s["events"], 11);
+    assert_eq!(s["events"], 12);
     assert_eq!(
         (s["fraud_labeled"].as_u64(), s["legit_labeled"].as_u64()),
-        (Some(3), Some(3))
+        (Some(3), Some(4))
     );
     assert_eq!(s["labeled_absent"], 1, "u-absent made no attempt");
 
@@ -84,8 +85,10 @@ fn the_score_is_the_hand_computed_one() {
     assert_eq!(matrix(pack), [5, 2, 2, 1, 2, 3]);
     assert!((pack["recall"].as_f64().expect("recall") - 2.0 / 3.0).abs() < 1e-9);
     assert_eq!(pack["precision"], 0.5);
-    // u-typo and its address blocked, u-rich challenged.
-    assert_eq!(pack["legit_subjects"], serde_json::json!({"block": 2, "challenge": 1}));
+    // u-typo and its address blocked, u-neighbour turned away by the block
+    // of 10.0.0.1 (which is still on fraud: it stopped u-thief), u-rich
+    // challenged.
+    assert_eq!(pack["legit_subjects"], serde_json::json!({"block": 3, "challenge": 1}));
     assert_eq!(pack["legit_decisions"], serde_json::json!({"block": 1, "challenge": 1}));
     // u-thief: its third attempt, 20 s after its first; u-mule: its first.
     assert_eq!(pack["attempts_to_catch"]["median"], 2.0);
@@ -94,7 +97,7 @@ fn the_score_is_the_hand_computed_one() {
 
     let guessing = rule(s, "guessing");
     assert_eq!(matrix(guessing), [2, 1, 1, 0, 1, 3]);
-    assert_eq!(guessing["legit_subjects"], serde_json::json!({"block": 2}));
+    assert_eq!(guessing["legit_subjects"], serde_json::json!({"block": 3}));
     let big = rule(s, "big-card");
     assert_eq!(matrix(big), [3, 1, 1, 1, 1, 3]);
     assert_eq!(big["legit_subjects"], serde_json::json!({"challenge": 1}));
@@ -112,6 +115,10 @@ fn the_score_is_the_hand_computed_one() {
     assert_eq!(family("cashout", "fraud")["recall"], 1.0);
     assert_eq!(family("guessing", "fraud")["recall"], 0.5);
     assert_eq!(family("typo", "legit")["by_action"], serde_json::json!({"block": 2}));
+    assert_eq!(
+        family("neighbour", "legit")["by_action"],
+        serde_json::json!({"block": 1})
+    );
 }
 
 #[test]
@@ -175,7 +182,7 @@ fn a_sweep_trades_recall_for_friction_monotonically() {
                 .sum()
         })
         .collect();
-    assert_eq!(legit, [2, 2, 2, 0]);
+    assert_eq!(legit, [3, 3, 3, 0]);
     for w in caught.windows(2).chain(legit.windows(2)) {
         assert!(w[0] >= w[1], "not monotone: {caught:?} {legit:?}");
     }

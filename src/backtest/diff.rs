@@ -55,14 +55,14 @@ struct Acted {
     samples: Vec<String>,
 }
 
-fn acted(made: &[Made], subjects: &Subjects) -> BTreeMap<(String, KeyName, String), Acted> {
+fn acted(made: &[Made], touched: &[Vec<usize>], subjects: &Subjects) -> BTreeMap<(String, KeyName, String), Acted> {
     let mut out: BTreeMap<(String, KeyName, String), Acted> = BTreeMap::new();
-    for m in made {
+    for (m, touched) in made.iter().zip(touched) {
         let d = &m.decision;
         if d.action == Action::Release {
             continue;
         }
-        let class = class_of(subjects, &subjects.touched(d));
+        let class = class_of(subjects, touched);
         let entry = out
             .entry((d.rule.to_string(), d.scope, d.subject.clone()))
             .or_insert_with(|| Acted {
@@ -87,9 +87,13 @@ fn acted(made: &[Made], subjects: &Subjects) -> BTreeMap<(String, KeyName, Strin
 }
 
 /// The changes from `baseline` to `candidate`, by rule (rules with none left out).
-pub fn diff(baseline: &[Made], candidate: &[Made], subjects: &Subjects) -> Vec<RuleDiff> {
-    let before = acted(baseline, subjects);
-    let after = acted(candidate, subjects);
+pub fn diff(
+    baseline: (&[Made], &[Vec<usize>]),
+    candidate: (&[Made], &[Vec<usize>]),
+    subjects: &Subjects,
+) -> Vec<RuleDiff> {
+    let before = acted(baseline.0, baseline.1, subjects);
+    let after = acted(candidate.0, candidate.1, subjects);
     let mut by_rule: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
     for key in keys {

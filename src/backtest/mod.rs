@@ -84,15 +84,29 @@ pub struct Baseline {
 }
 
 /// Scores one rule set over `events`.
+/// One rule set's run over `events`: its score, its decisions, and the
+/// labeled subjects each touched.
+pub struct Scored {
+    pub score: Score,
+    pub made: Vec<Made>,
+    pub touched: Vec<Vec<usize>>,
+}
+
+/// Scores one rule set over `events`.
 pub fn score_rules(
     setup: &Setup,
     rules: &RuleSet,
     events: &[Event],
     subjects: &Subjects,
-) -> Result<(Score, Vec<Made>), EngineError> {
+) -> Result<Scored, EngineError> {
     let engine = setup.engine(rules)?;
     let made = run(events, &engine);
-    Ok((score::score(events, subjects, &made, &rule_ids(rules)), made))
+    let touched = subjects.touched_all(events, &made);
+    Ok(Scored {
+        score: score::score(events, subjects, &made, &touched, &rule_ids(rules)),
+        made,
+        touched,
+    })
 }
 
 /// What `kamiguard backtest` was asked.
@@ -157,14 +171,14 @@ pub fn backtest(i: &Inputs) -> Result<Report, String> {
     )
     .map_err(|e| format!("cannot read {}: {e}", i.events.display()))?;
     let subjects = Subjects::new(&labels, &events);
-    let (score, made) = score_rules(&i.setup, &rules, &events, &subjects).map_err(|e| e.to_string())?;
+    let run = score_rules(&i.setup, &rules, &events, &subjects).map_err(|e| e.to_string())?;
     let baseline = match (&baseline_rules, i.baseline) {
         (Some(set), Some(path)) => {
-            let (base_score, base_made) = score_rules(&i.setup, set, &events, &subjects).map_err(|e| e.to_string())?;
+            let base = score_rules(&i.setup, set, &events, &subjects).map_err(|e| e.to_string())?;
             Some(Baseline {
                 rules: path.display().to_string(),
-                score: base_score,
-                diff: diff::diff(&base_made, &made, &subjects),
+                diff: diff::diff((&base.made, &base.touched), (&run.made, &run.touched), &subjects),
+                score: base.score,
             })
         }
         _ => None,
@@ -178,7 +192,7 @@ pub fn backtest(i: &Inputs) -> Result<Report, String> {
         labels_file: i.labels.display().to_string(),
         rules: i.rules.display().to_string(),
         rejected_lines: summary.rejected_total(),
-        score,
+        score: run.score,
         baseline,
         sweep,
     })

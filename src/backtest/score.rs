@@ -3,9 +3,11 @@
 //!
 //! A decision *touches* a labeled subject when its scope and subject are
 //! the label's, or, for a label on an account, when its trigger or one of
-//! its samples is that account's attempt: an address block that stopped a
-//! fraud account counts as a catch of that account, and a device challenge
-//! that landed on an honest account's attempt counts as friction on it. A
+//! its samples is that account's attempt, or when the account attempted
+//! through the decision's device, address, card, batch or brand after it
+//! while it was in force: an address block that stopped a fraud account
+//! counts as a catch of that account, and a block of a carrier-NAT address
+//! counts as friction on every honest account it then turned away. A
 //! decision touching any fraud subject is *on fraud*; else, touching any
 //! legit one, *on legit*; else *unlabeled* (reported, not scored).
 //! Releases are not actions against anyone and are left out.
@@ -138,6 +140,81 @@ impl<'a> Subjects<'a> {
     }
 }
 
+impl Subjects<'_> {
+    /// The labeled subjects each decision of one run touches: those
+    /// [`Subjects::touched`] names, and, for a decision on a device, an
+    /// address, a card, a batch or a brand, every labeled account that
+    /// attempted through that subject after it while it was in force (it
+    /// was stopped, or challenged, by it).
+    pub fn touched_all(&self, events: &[Event], made: &[Made]) -> Vec<Vec<usize>> {
+        let mut touched: Vec<Vec<usize>> = made.iter().map(|m| self.touched(&m.decision)).collect();
+        let stops = |k: KeyName| {
+            matches!(
+                k,
+                KeyName::Device | KeyName::Ip | KeyName::Card | KeyName::Batch | KeyName::Brand
+            )
+        };
+        // By scope, then subject: the labeled accounts' attempts through
+        // each subject some decision acted on.
+        let mut after: HashMap<KeyName, HashMap<String, Vec<u32>>> = HashMap::new();
+        for m in made {
+            if stops(m.decision.scope) && m.decision.action != Action::Release {
+                after
+                    .entry(m.decision.scope)
+                    .or_default()
+                    .entry(m.decision.subject.clone())
+                    .or_default();
+            }
+        }
+        if after.is_empty() {
+            return touched;
+        }
+        let scopes: Vec<KeyName> = ATTEMPT_SCOPES.into_iter().filter(|k| after.contains_key(k)).collect();
+        for (n, e) in events.iter().enumerate() {
+            if !self.index.contains_key(&(KeyName::Account, &*e.account.id)) {
+                continue;
+            }
+            let ip = e.ip.filter(|_| scopes.contains(&KeyName::Ip)).map(|a| a.to_string());
+            for scope in &scopes {
+                let subject: Option<&str> = match scope {
+                    KeyName::Device => e.device.fingerprint.as_deref(),
+                    KeyName::Ip => ip.as_deref(),
+                    KeyName::Card => Some(&e.card.code_hash),
+                    KeyName::Batch => e.card.batch.as_deref(),
+                    _ => e.card.brand.as_deref(),
+                };
+                if let Some(list) = subject.and_then(|v| after.get_mut(scope)?.get_mut(v)) {
+                    list.push(n as u32);
+                }
+            }
+        }
+        for (t, m) in touched.iter_mut().zip(made) {
+            let d = &m.decision;
+            let Some(list) = after.get(&d.scope).and_then(|m| m.get(d.subject.as_str())) else {
+                continue;
+            };
+            let until = d
+                .until
+                .as_deref()
+                .and_then(crate::event::parse_ts_ms)
+                .unwrap_or(i64::MAX);
+            let start = list.partition_point(|&n| n as usize <= m.at);
+            for &n in &list[start..] {
+                let e = &events[n as usize];
+                if e.ts_ms >= until {
+                    break;
+                }
+                if let Some(&i) = self.index.get(&(KeyName::Account, &*e.account.id)) {
+                    if !t.contains(&i) {
+                        t.push(i);
+                    }
+                }
+            }
+        }
+        touched
+    }
+}
+
 /// How a decision's touched subjects class it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -263,8 +340,13 @@ pub struct Score {
 }
 
 /// Scores `made` (every decision of one run over `events`, in order).
-pub fn score(events: &[Event], subjects: &Subjects, made: &[Made], rule_order: &[String]) -> Score {
-    let touched: Vec<Vec<usize>> = made.iter().map(|m| subjects.touched(&m.decision)).collect();
+pub fn score(
+    events: &[Event],
+    subjects: &Subjects,
+    made: &[Made],
+    touched: &[Vec<usize>],
+    rule_order: &[String],
+) -> Score {
     let first = events.first().map_or(0, |e| e.ts_ms);
     let last = events.last().map_or(0, |e| e.ts_ms);
     let width = ((last - first) / BINS as i64 + 1).max(1);
@@ -272,7 +354,7 @@ pub fn score(events: &[Event], subjects: &Subjects, made: &[Made], rule_order: &
     let enforced: Vec<usize> = (0..made.len())
         .filter(|&i| made[i].decision.mode == Mode::Enforce)
         .collect();
-    let mut pack = rule_score("pack", "pack", events, subjects, made, &touched, &enforced, bins);
+    let mut pack = rule_score("pack", "pack", events, subjects, made, touched, &enforced, bins);
     pack.rule = "all rules (enforced)".into();
     let mut rules = Vec::new();
     for rule in rule_order {
@@ -284,7 +366,7 @@ pub fn score(events: &[Event], subjects: &Subjects, made: &[Made], rule_order: &
             Some(_) => "mixed".into(),
             None => "-".into(),
         };
-        rules.push(rule_score(rule, &mode, events, subjects, made, &touched, &mine, bins));
+        rules.push(rule_score(rule, &mode, events, subjects, made, touched, &mine, bins));
     }
     let present = |i: &usize| subjects.present(*i);
     let count = |v: Verdict| {
@@ -298,7 +380,7 @@ pub fn score(events: &[Event], subjects: &Subjects, made: &[Made], rule_order: &
         fraud_labeled: count(Verdict::Fraud),
         legit_labeled: count(Verdict::Legit),
         labeled_absent: (0..subjects.len()).filter(|i| !present(i)).count() as u64,
-        families: families(subjects, made, &touched, &enforced),
+        families: families(subjects, made, touched, &enforced),
         pack,
         rules,
         bins,

@@ -160,7 +160,9 @@ pub fn sweep(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(set) = sets.get(i) else { break };
-                        let (score, _) = super::score_rules(setup, set, events, subjects).map_err(|e| e.to_string())?;
+                        let score = super::score_rules(setup, set, events, subjects)
+                            .map_err(|e| e.to_string())?
+                            .score;
                         let rule = score
                             .rules
                             .iter()

@@ -418,10 +418,96 @@ fn attempt_with(
     s
 }
 
+/// What each generated actor is, by the account names the generator gives
+/// them: (account prefix, scope labeled, label, family). The scope says
+/// whose label it is: for a resold or transferred code the card (its
+/// buyers were sold it), for the others the account. A seller activating
+/// a card is not labeled: the activation itself is honest-looking.
+const ACTORS: [(&str, &str, &str, &str); 14] = [
+    ("u-bot-", "account", "fraud", "guessing"),
+    ("u-rotator", "account", "fraud", "distributed-guessing"),
+    ("u-farm-", "account", "fraud", "device-farm"),
+    ("u-cloud-", "account", "fraud", "proxy-redemption"),
+    // Fresh unverified accounts by the thousand, all from one address,
+    // each cashing one ¥2,000 card: a mule farm, not new customers.
+    ("u-new-", "account", "fraud", "fresh-account-cashout"),
+    ("u-resale-", "card", "fraud", "resold-code"),
+    ("u-drain-", "account", "fraud", "balance-drain"),
+    ("u-corp-", "account", "fraud", "custom-card-drain"),
+    ("u-quota-", "account", "fraud", "many-small"),
+    // The card activated by one account and redeemed by another.
+    ("u-buyer-", "card", "fraud", "transfer-after-activation"),
+    // A taken-over account: the chargeback lands on the account.
+    ("u-victim-", "account", "fraud", "takeover"),
+    ("u-leak-", "account", "fraud", "leaked-list"),
+    ("u-abroad-", "account", "fraud", "takeover-abroad"),
+    // Honest customers: `u-` and a number.
+    ("u-", "account", "legit", "honest"),
+];
+
+/// Outcome labels (README, "Outcome labels") for generated traffic: the
+/// truth the generator knows, one line per labeled subject, as the
+/// business would learn it a week after the last attempt.
+pub fn labels(text: &str) -> String {
+    use std::collections::BTreeMap;
+    let mut found: BTreeMap<(&str, String), (&str, &str, i64)> = BTreeMap::new();
+    let mut last_ms = START_MS;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let field = |path: &[&str]| {
+            let mut x = &v;
+            for p in path {
+                x = &x[*p];
+            }
+            x.as_str().unwrap_or_default().to_string()
+        };
+        let account = field(&["account", "id"]);
+        let ts = crate::event::parse_ts_ms(&field(&["ts"])).unwrap_or(START_MS);
+        last_ms = last_ms.max(ts);
+        let Some((_, scope, label, family)) = ACTORS.iter().find(|(p, ..)| account.starts_with(p)) else {
+            continue;
+        };
+        let subject = match *scope {
+            "card" => field(&["card", "code_hash"]),
+            _ => account,
+        };
+        found.entry((scope, subject)).or_insert((label, family, ts));
+    }
+    let at = crate::event::format_ts(last_ms + 7 * 86_400_000);
+    let mut out = String::new();
+    for ((scope, subject), (label, family, _)) in found {
+        let _ = writeln!(
+            out,
+            r#"{{"scope":"{scope}","subject":"{subject}","label":"{label}","at":"{at}","source":"generator","family":"{family}"}}"#
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{parse, CodeHasher};
+
+    #[test]
+    fn generated_labels_read_as_labels_and_name_every_actor() {
+        let text = generate(20_000, 3, 1000);
+        let labels = crate::backtest::labels::Labels::read(labels(&text).as_bytes()).expect("valid labels");
+        let families: std::collections::BTreeSet<&str> =
+            labels.by_subject.values().map(|l| l.family.as_str()).collect();
+        for f in [
+            "guessing",
+            "device-farm",
+            "fresh-account-cashout",
+            "takeover",
+            "leaked-list",
+            "honest",
+        ] {
+            assert!(families.contains(f), "no {f} in {families:?}");
+        }
+    }
 
     #[test]
     fn generated_events_are_valid_and_repeatable() {

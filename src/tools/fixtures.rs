@@ -56,8 +56,10 @@ struct Anonymous {
 }
 
 /// (network, city, ISO country, latitude, longitude, ASN, AS organisation)
-pub const PLACES: [(&str, &str, &str, f64, f64, u32, &str); 8] = [
+pub const PLACES: [(&str, &str, &str, f64, f64, u32, &str); 9] = [
     ("175.16.199.0/24", "Beijing", "CN", 39.9042, 116.4074, 4134, "Chinanet"),
+    // The generator's honest home lines.
+    ("175.17.0.0/16", "Beijing", "CN", 39.9042, 116.4074, 4134, "Chinanet"),
     (
         "100.64.0.0/16",
         "Guangzhou",

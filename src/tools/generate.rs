@@ -35,8 +35,10 @@ impl SplitMix {
 const START_MS: i64 = 1_795_305_600_000;
 
 /// Writes `count` events as JSON lines, `rate_per_sec` events per second of
-/// event time. About 96% honest; the rest are the attacks of the rule pack,
-/// each shaped to set off the rule that names it.
+/// event time. About 96% honest (a million customers in households, a
+/// third behind carrier NAT; now and then one large card; gifts; shared
+/// tablets); the rest are the attacks of the rule pack, each shaped to set
+/// off the rule that names it. [`labels`] gives the truth of each actor.
 pub fn generate(count: u64, seed: u64, rate_per_sec: u64) -> String {
     let mut out = String::with_capacity(count as usize * 330);
     let mut traffic = Traffic::new(seed, START_MS, rate_per_sec);
@@ -57,7 +59,7 @@ pub struct Traffic {
     step_ms: i64,
     /// How many attempts each multi-step attack has made: its next step,
     /// and which actor makes it.
-    seq: [u64; 8],
+    seq: [u64; 10],
 }
 
 impl Traffic {
@@ -67,7 +69,7 @@ impl Traffic {
             i: 0,
             start_ms,
             step_ms: (1000 / rate_per_sec.max(1)).max(1) as i64,
-            seq: [0; 8],
+            seq: [0; 10],
         }
     }
 
@@ -176,7 +178,7 @@ impl Traffic {
             // The other attacks of the pack, one in a thousand each, so every
             // rule fires within the demo's first minute. Each is a run of
             // steps by one actor; `step` says which, `k` which actor.
-            30..=37 => {
+            30..=39 => {
                 let shape = (roll - 30) as usize;
                 let n = seq[shape];
                 seq[shape] += 1;
@@ -286,6 +288,37 @@ impl Traffic {
                         let ip = format!("175.16.199.{}", 210 + k % 10);
                         attempt_with(rng, i, &ts, "invalid_code", &acct, &ip, &dev, 10000, old, true, &x)
                     }
+                    // several accounts working through one list of codes,
+                    // most of which do not exist: four accounts, six codes
+                    // each, each account on a device and address of its own
+                    8 => {
+                        let (k, a, j) = (n / 24, n % 24 / 6, n % 6);
+                        let (acct, dev) = (format!("u-list-{k}-{a}"), format!("fp-list-{k}-{a}"));
+                        let ip = format!("100.65.{}.{a}", 100 + k % 100);
+                        let outcome = match (j, a) {
+                            (0, 0) => "success",
+                            (0, _) => "already_used",
+                            _ => "invalid_code",
+                        };
+                        let x = Extra {
+                            code: Some(format!("115700{k:06x}{j:04x}")),
+                            ..x
+                        };
+                        attempt_with(rng, i, &ts, outcome, &acct, &ip, &dev, 10000, old, true, &x)
+                    }
+                    // honest: a gift. The friend redeems it; the giver, later,
+                    // checks it and finds it used. Two honest customers.
+                    9 => {
+                        let (k, step) = (n / 2, n % 2);
+                        let who = (k * 7 + if step == 0 { 1 } else { 4 }) % 1_000_000;
+                        let (acct, dev, ip) = honest_actor(who);
+                        let outcome = if step == 0 { "success" } else { "already_used" };
+                        let x = Extra {
+                            code: Some(format!("91f7{k:012x}")),
+                            ..x
+                        };
+                        attempt_with(rng, i, &ts, outcome, &acct, &ip, &dev, 20000, old, true, &x)
+                    }
                     // an account of another country (US) with a new device,
                     // redeeming ¥1,500 in Beijing
                     _ => {
@@ -313,18 +346,17 @@ impl Traffic {
                     }
                 }
             }
-            // honest traffic: many accounts behind carrier NAT and home lines
+            // honest traffic: a million customers, a third on carrier NAT
             _ => {
-                let n = rng.below(200_000);
-                let acct = format!("u-{n}");
-                let dev = format!("fp-{n}");
-                let ip = if n % 3 == 0 {
-                    format!("100.64.{}.{}", n % 250, n / 250 % 250)
-                } else {
-                    format!("175.16.199.{}", n % 200)
-                };
+                let (acct, dev, ip) = honest_actor(rng.below(1_000_000));
                 let outcome = if rng.below(30) == 0 { "invalid_code" } else { "success" };
-                let face = [1000, 5000, 10000, 20000, 50000][rng.below(5) as usize];
+                // Now and then a long-standing customer redeems one large
+                // card (¥10,000 to ¥20,000): one card is not a drain.
+                let face = if rng.below(500) == 0 {
+                    [1_000_000, 1_500_000, 2_000_000][rng.below(3) as usize]
+                } else {
+                    [1000, 5000, 10000, 20000, 50000][rng.below(5) as usize]
+                };
                 attempt(
                     rng,
                     i,
@@ -340,6 +372,26 @@ impl Traffic {
             }
         }
     }
+}
+
+/// Honest customer `n`: (account, device, address). Three accounts make
+/// a household (`n / 3`) on one home line, one in five households shares
+/// a tablet; one account in three is on mobile data behind one of 320
+/// carrier-NAT addresses (about a thousand customers each, a few dozen
+/// typos in ten minutes at most, as `single-ip-guessing` allows for).
+fn honest_actor(n: u64) -> (String, String, String) {
+    let home = n / 3;
+    let dev = if home % 5 == 0 {
+        format!("fp-home-{home}")
+    } else {
+        format!("fp-{n}")
+    };
+    let ip = if n % 3 == 0 {
+        format!("100.64.{}.{}", n % 40, n / 40 % 8)
+    } else {
+        format!("175.17.{}.{}", home / 256 % 256, home % 256)
+    };
+    (format!("u-{n}"), dev, ip)
 }
 
 /// What some attacks set differently from an honest redemption.
@@ -423,7 +475,7 @@ fn attempt_with(
 /// whose label it is: for a resold or transferred code the card (its
 /// buyers were sold it), for the others the account. A seller activating
 /// a card is not labeled: the activation itself is honest-looking.
-const ACTORS: [(&str, &str, &str, &str); 14] = [
+const ACTORS: [(&str, &str, &str, &str); 15] = [
     ("u-bot-", "account", "fraud", "guessing"),
     ("u-rotator", "account", "fraud", "distributed-guessing"),
     ("u-farm-", "account", "fraud", "device-farm"),
@@ -440,6 +492,7 @@ const ACTORS: [(&str, &str, &str, &str); 14] = [
     // A taken-over account: the chargeback lands on the account.
     ("u-victim-", "account", "fraud", "takeover"),
     ("u-leak-", "account", "fraud", "leaked-list"),
+    ("u-list-", "account", "fraud", "shared-code-list"),
     ("u-abroad-", "account", "fraud", "takeover-abroad"),
     // Honest customers: `u-` and a number.
     ("u-", "account", "legit", "honest"),

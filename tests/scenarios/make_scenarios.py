@@ -66,7 +66,10 @@ def days_ago(n):
 write("single-ip-guessing",
       [ev(f"g-{i:03}", i * 5, "u-guess", "invalid_code", ip="175.16.199.7", device="fp-bot-1") for i in range(60)],
       [{"rule": "single-ip-guessing", "action": "block", "scope": "ip", "subject": "175.16.199.7",
-        "trigger_event_id": "g-049", "evidence": {"value": 50, "threshold": 50}}])
+        "trigger_event_id": "g-049", "evidence": {"value": 50, "threshold": 50}},
+       # The guessing account itself, at its fifth made-up code.
+       {"rule": "account-guessing", "action": "challenge", "scope": "account", "subject": "u-guess",
+        "trigger_event_id": "g-004"}])
 
 # carrier NAT: 300 honest accounts behind one address, one in ten mistypes once.
 nat = []
@@ -81,7 +84,9 @@ write("single-ip-guessing-legit", nat, [])
 write("distributed-guessing",
       [ev(f"d-{i:02}", i * 60, "u-rot", "invalid_code", ip=f"175.16.199.{10 + i}", device="fp-rot-1") for i in range(12)],
       [{"rule": "distributed-guessing", "action": "block", "scope": "device", "subject": "fp-rot-1",
-        "trigger_event_id": "d-07"}])
+        "trigger_event_id": "d-07"},
+       {"rule": "account-guessing", "action": "challenge", "scope": "account", "subject": "u-rot",
+        "trigger_event_id": "d-04"}])
 
 # a commuter's phone on three addresses with a few typos.
 commute = []
@@ -114,14 +119,18 @@ pos = [ev(f"p-{i:02}", i * 120, f"u-shop-{i}", created=days_ago(2), ip="175.16.1
 pos += [ev(f"fam-{i}", 4000 + i * 60, f"u-family-{i}", created=days_ago(3), ip="175.16.199.91", device="fp-family-tablet", face=5000) for i in range(3)]
 write("device-farm-legit", pos, [])
 
-# bulk drain: seven ¥3,000 cards in half an hour.
+# bulk drain: eight ¥3,000 cards in half an hour; the fourth is one too many.
 write("bulk-drain",
       [ev(f"b-{i}", i * 240, "u-drain", ip="175.16.199.100", device="fp-drain", face=300000, card_type="e_card") for i in range(8)],
-      [{"rule": "bulk-drain", "action": "challenge", "scope": "account", "subject": "u-drain", "trigger_event_id": "b-6"}])
+      [{"rule": "bulk-drain", "action": "challenge", "scope": "account", "subject": "u-drain", "trigger_event_id": "b-3"}])
 
-# a company's HR account redeeming sixty ¥500 staff cards: review, nothing stronger.
+# a company's HR account redeeming sixty ¥500 staff cards: review, nothing
+# stronger; and a long-standing customer redeeming one ¥20,000 card with a
+# few small ones: one card is not a drain.
 write("bulk-drain-legit",
-      [ev(f"hr-{i:02}", i * 50, "u-corp-hr", ip="175.16.199.110", device="fp-hr", face=50000, card_type="custom") for i in range(60)],
+      [ev(f"hr-{i:02}", i * 50, "u-corp-hr", ip="175.16.199.110", device="fp-hr", face=50000, card_type="custom") for i in range(60)]
+      + [ev("loyal-big", 100, "u-loyal", ip="175.16.199.111", device="fp-loyal", face=2000000, card_type="e_card")]
+      + [ev(f"loyal-{i}", 200 + i * 300, "u-loyal", ip="175.16.199.111", device="fp-loyal", face=100000, card_type="e_card") for i in range(2)],
       [{"rule": "corporate-bulk-review", "action": "review", "scope": "account", "subject": "u-corp-hr", "trigger_event_id": "hr-39"}])
 
 # per-account quota: twelve redemptions in eleven minutes. The burst of ten
@@ -257,7 +266,9 @@ write("repeat-offender", burst("ro1", 0, "175.16.199.9") + burst("ro2", 5000, "1
       [{"rule": "single-ip-guessing", "subject": "175.16.199.9", "trigger_event_id": "ro1-49",
         "until": utc(245 + 3600), "evidence": {"offence": 1}},
        {"rule": "single-ip-guessing", "subject": "175.16.199.9", "trigger_event_id": "ro2-49",
-        "until": utc(5245 + 6 * 3600), "evidence": {"offence": 2}}])
+        "until": utc(5245 + 6 * 3600), "evidence": {"offence": 2}}]
+      # Each burst's account, at its fifth made-up code.
+      + [{"rule": "account-guessing", "subject": f"u-{p}", "trigger_event_id": f"{p}-04"} for p in ("ro1", "ro2")])
 
 # the same address abused again eight days later (a dynamic address that
 # changed hands): past the week, the ladder starts over at an hour.
@@ -265,7 +276,8 @@ write("repeat-offender-legit", burst("rl1", 0, "175.16.199.10") + burst("rl2", 8
       [{"rule": "single-ip-guessing", "subject": "175.16.199.10", "trigger_event_id": "rl1-49",
         "until": utc(245 + 3600), "evidence": {"offence": 1}},
        {"rule": "single-ip-guessing", "subject": "175.16.199.10", "trigger_event_id": "rl2-49",
-        "until": utc(8 * 86400 + 245 + 3600), "evidence": {"offence": 1}}])
+        "until": utc(8 * 86400 + 245 + 3600), "evidence": {"offence": 1}}]
+      + [{"rule": "account-guessing", "subject": f"u-{p}", "trigger_event_id": f"{p}-04"} for p in ("rl1", "rl2")])
 
 # a circuit breaker: a rule edit that challenges every redemption of ¥500 or
 # more (a threshold typed ten times too low). Five minutes at its usual two
@@ -401,3 +413,43 @@ kiosk[-1]["card"]["code_hash"] = "dec0dec000000006"
 write("linked-freeze-legit", kiosk, honey3("u-kthief", "fp-kiosk", "175.16.199.236", "lk-thief"))
 with open(os.path.join(HERE, "linked-freeze-legit", "engine.toml"), "w") as f:
     f.write(LINKS_ON)
+
+
+# a list of made-up codes shared by three accounts, each on its own phone
+# and address: each code is frozen when the third account tries it.
+shared = []
+for a in range(3):
+    for j in range(2):
+        shared.append(ev(f"list-{a}-{j}", a * 600 + j * 60, f"u-list-{a}", "invalid_code", card=f"list-{j}",
+                         ip=f"175.16.199.{130 + a}", device=f"fp-list-{a}"))
+write("code-list-shared", shared,
+      [{"rule": "code-list-shared", "action": "freeze", "scope": "card", "subject": code(f"list-{j}"),
+        "trigger_event_id": f"list-2-{j}"} for j in range(2)])
+
+# typos: five customers each mistype a code of their own; a gift's giver
+# finds it used (a real code, not a made-up one).
+typo_events = [ev(f"tl-{i}", i * 60, f"u-typo-{i}", "invalid_code", card=f"typo-code-{i}",
+                  ip=f"175.16.199.{140 + i}", device=f"fp-typo-{i}") for i in range(5)]
+typo_events += [ev("tl-gift-1", 400, "u-friend-2", card="gift-2", ip="175.16.199.150", device="fp-friend-2"),
+                ev("tl-gift-2", 900, "u-giver-2", "already_used", card="gift-2", ip="175.16.199.151", device="fp-giver-2")]
+write("code-list-shared-legit", typo_events, [])
+
+# one account failing six different codes, a new address and phone each
+# time: challenged at the fifth.
+write("account-guessing",
+      [ev(f"ag-{i}", i * 120, "u-lister", "invalid_code", card=f"made-up-{i}", ip=f"175.16.199.{160 + i}",
+          device=f"fp-lister-{i}") for i in range(6)],
+      [{"rule": "account-guessing", "action": "challenge", "scope": "account", "subject": "u-lister",
+        "trigger_event_id": "ag-4"}])
+
+# a clumsy customer: one code mistyped three times, another once, then both
+# redeemed.
+write("account-guessing-legit",
+      [ev("cl-0", 0, "u-clumsy", "invalid_code", card="clumsy-a", ip="175.16.199.170", device="fp-clumsy"),
+       ev("cl-1", 30, "u-clumsy", "invalid_code", card="clumsy-a", ip="175.16.199.170", device="fp-clumsy"),
+       ev("cl-2", 60, "u-clumsy", "wrong_pin", card="clumsy-a", ip="175.16.199.170", device="fp-clumsy"),
+       ev("cl-3", 90, "u-clumsy", "invalid_code", card="clumsy-b", ip="175.16.199.170", device="fp-clumsy"),
+       ev("cl-4", 120, "u-clumsy", card="clumsy-a", ip="175.16.199.170", device="fp-clumsy", face=10000),
+       ev("cl-5", 150, "u-clumsy", card="clumsy-b", ip="175.16.199.170", device="fp-clumsy", face=10000)],
+      [])
+

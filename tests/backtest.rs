@@ -94,6 +94,8 @@ fn the_score_is_the_hand_computed_one() {
     assert_eq!(pack["attempts_to_catch"]["median"], 2.0);
     assert_eq!(pack["attempts_to_catch"]["max"], 3.0);
     assert_eq!(pack["secs_to_catch"]["max"], 20.0);
+    // Who got away, for the analyst to look at next.
+    assert_eq!(pack["missed"], serde_json::json!(["account:u-guess2 (guessing)"]));
 
     let guessing = rule(s, "guessing");
     assert_eq!(matrix(guessing), [2, 1, 1, 0, 1, 3]);

@@ -77,6 +77,13 @@ pub fn render(report: &Report) -> String {
     );
     tiles(&mut h, s, report.rejected_lines);
     families(&mut h, s);
+    if !s.pack.missed.is_empty() {
+        let _ = writeln!(
+            h,
+            "<p id=\"missed\">Fraud no enforced decision touched (the first, by first attempt): {}</p>",
+            esc(&s.pack.missed.join(", "))
+        );
+    }
     h.push_str("<h2>Each rule</h2>\n");
     rule_table(&mut h, s);
     h.push_str("<h2>Decisions per rule over time</h2>\n");

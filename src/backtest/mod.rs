@@ -230,6 +230,13 @@ pub fn render_text(r: &Report) -> String {
             x.soft_friction()
         );
     }
+    if !s.pack.missed.is_empty() {
+        let _ = writeln!(
+            out,
+            "fraud no enforced decision touched (first by first attempt): {}",
+            s.pack.missed.join(", ")
+        );
+    }
     let _ = writeln!(out, "by family (enforced decisions):");
     for f in &s.families {
         let actions: Vec<String> = f.by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();

@@ -288,7 +288,13 @@ pub struct RuleScore {
     pub secs_to_catch: Spread,
     /// Decisions per time bin (see [`Score::bins`]).
     pub over_time: Vec<u64>,
+    /// The first fraud subjects no decision touched (at most
+    /// [`MISSED_SHOWN`]), as `scope:subject (family)`: where to look next.
+    pub missed: Vec<String>,
 }
+
+/// Missed fraud subjects listed per rule.
+pub const MISSED_SHOWN: usize = 20;
 
 impl RuleScore {
     /// Legit subjects frozen or blocked.
@@ -442,6 +448,21 @@ fn rule_score(
         .filter(|&i| subjects.present(i) && subjects.label(i).verdict == Verdict::Fraud)
         .count() as u64;
     s.caught = first_catch.len() as u64;
+    let mut missed: Vec<(u32, usize)> = (0..subjects.len())
+        .filter(|&i| {
+            subjects.present(i) && subjects.label(i).verdict == Verdict::Fraud && !first_catch.contains_key(&i)
+        })
+        .map(|i| (subjects.attempts[i][0], i))
+        .collect();
+    missed.sort_unstable();
+    s.missed = missed
+        .iter()
+        .take(MISSED_SHOWN)
+        .map(|&(_, i)| {
+            let (scope, subject) = subjects.name(i);
+            format!("{}:{subject} ({})", scope.as_str(), subjects.label(i).family)
+        })
+        .collect();
     s.recall = (s.fraud_subjects > 0).then(|| s.caught as f64 / s.fraud_subjects as f64);
     let labeled = s.on_fraud + s.on_legit;
     s.precision = (labeled > 0).then(|| s.on_fraud as f64 / labeled as f64);

@@ -24,15 +24,21 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/backtest")
 }
 
-fn backtest(extra: &[&str]) -> Value {
+/// `kamiguard backtest` on the golden history and rules with `labels`.
+fn command(labels: &Path) -> std::process::Command {
     let d = dir();
-    let out = kamiguard()
-        .arg("backtest")
+    let mut cmd = kamiguard();
+    cmd.arg("backtest")
         .arg(d.join("events.jsonl"))
         .arg("--labels")
-        .arg(d.join("labels.jsonl"))
+        .arg(labels)
         .arg("--rules")
-        .arg(d.join("rules.toml"))
+        .arg(d.join("rules.toml"));
+    cmd
+}
+
+fn backtest(extra: &[&str]) -> Value {
+    let out = command(&dir().join("labels.jsonl"))
         .arg("--json")
         .args(extra)
         .output()
@@ -192,14 +198,7 @@ fn a_sweep_trades_recall_for_friction_monotonically() {
 
 #[test]
 fn a_sweep_of_something_a_rule_cannot_take_is_refused() {
-    let d = dir();
-    let out = kamiguard()
-        .arg("backtest")
-        .arg(d.join("events.jsonl"))
-        .arg("--labels")
-        .arg(d.join("labels.jsonl"))
-        .arg("--rules")
-        .arg(d.join("rules.toml"))
+    let out = command(&dir().join("labels.jsonl"))
         .args(["--sweep", "big-card.window_secs=60..120/60"])
         .output()
         .expect("run");
@@ -218,16 +217,7 @@ fn bad_labels_are_refused_with_line_and_field() {
          {\"scope\":\"account\",\"subject\":\"u-2\",\"label\":\"fraud\",\"at\":\"2026-12-01T00:00:00Z\"}\n",
     )
     .expect("write");
-    let d = dir();
-    let out = kamiguard()
-        .arg("backtest")
-        .arg(d.join("events.jsonl"))
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--rules")
-        .arg(d.join("rules.toml"))
-        .output()
-        .expect("run");
+    let out = command(&labels).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2: missing field `source`"), "{err}");
@@ -251,13 +241,7 @@ fn the_report_renders_in_chromium_with_its_charts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let html = tmp.path().join("report.html");
     let d = dir();
-    let out = kamiguard()
-        .arg("backtest")
-        .arg(d.join("events.jsonl"))
-        .arg("--labels")
-        .arg(d.join("labels.jsonl"))
-        .arg("--rules")
-        .arg(d.join("rules.toml"))
+    let out = command(&d.join("labels.jsonl"))
         .arg("--baseline")
         .arg(d.join("baseline.toml"))
         .args(["--sweep", "guessing.threshold=1..4/1", "--report"])

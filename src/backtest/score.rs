@@ -35,6 +35,21 @@ const ATTEMPT_SCOPES: [KeyName; 6] = [
     KeyName::Brand,
 ];
 
+/// The subject attempt `e` names under `scope`, as decisions name it (`ip`:
+/// its address written out, when wanted); `None` for a scope an attempt
+/// does not name by itself (`ip_prefix`, `asn`) or a field it lacks.
+fn attempt_subject<'e>(scope: KeyName, e: &'e Event, ip: Option<&'e str>) -> Option<&'e str> {
+    match scope {
+        KeyName::Account => Some(&e.account.id),
+        KeyName::Device => e.device.fingerprint.as_deref(),
+        KeyName::Ip => ip,
+        KeyName::Card => Some(&e.card.code_hash),
+        KeyName::Batch => e.card.batch.as_deref(),
+        KeyName::Brand => e.card.brand.as_deref(),
+        KeyName::IpPrefix | KeyName::Asn => None,
+    }
+}
+
 /// A decision and the attempt it was made on (index into the events).
 #[derive(Debug, Clone)]
 pub struct Made {
@@ -67,25 +82,14 @@ impl<'a> Subjects<'a> {
         let mut attempts = vec![Vec::new(); list.len()];
         let mut account_of = HashMap::new();
         let wanted: [bool; 6] = ATTEMPT_SCOPES.map(|s| list.iter().any(|(k, _, _)| *k == s));
-        let mut ip = String::new();
+        let wanted_ip = list.iter().any(|(k, _, _)| *k == KeyName::Ip);
         for (n, e) in events.iter().enumerate() {
+            let ip = e.ip.filter(|_| wanted_ip).map(|a| a.to_string());
             for (s, scope) in ATTEMPT_SCOPES.iter().enumerate() {
                 if !wanted[s] {
                     continue;
                 }
-                let subject: Option<&str> = match scope {
-                    KeyName::Account => Some(&e.account.id),
-                    KeyName::Device => e.device.fingerprint.as_deref(),
-                    KeyName::Ip => e.ip.map(|a| {
-                        ip.clear();
-                        use std::fmt::Write;
-                        let _ = write!(ip, "{a}");
-                        ip.as_str()
-                    }),
-                    KeyName::Card => Some(&e.card.code_hash),
-                    KeyName::Batch => e.card.batch.as_deref(),
-                    _ => e.card.brand.as_deref(),
-                };
+                let subject = attempt_subject(*scope, e, ip.as_deref());
                 if let Some(i) = subject.and_then(|v| index.get(&(*scope, v))) {
                     attempts[*i].push(n as u32);
                     if *scope == KeyName::Account {
@@ -176,13 +180,7 @@ impl Subjects<'_> {
             }
             let ip = e.ip.filter(|_| scopes.contains(&KeyName::Ip)).map(|a| a.to_string());
             for scope in &scopes {
-                let subject: Option<&str> = match scope {
-                    KeyName::Device => e.device.fingerprint.as_deref(),
-                    KeyName::Ip => ip.as_deref(),
-                    KeyName::Card => Some(&e.card.code_hash),
-                    KeyName::Batch => e.card.batch.as_deref(),
-                    _ => e.card.brand.as_deref(),
-                };
+                let subject = attempt_subject(*scope, e, ip.as_deref());
                 if let Some(list) = subject.and_then(|v| after.get_mut(scope)?.get_mut(v)) {
                     list.push(n as u32);
                 }

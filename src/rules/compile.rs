@@ -667,19 +667,8 @@ fn compile_filter(spec: &FilterSpec, errs: &mut Located) -> Option<Filter> {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::{compile_sources, RuleErrors};
-
-    fn compile(rule: &str) -> Result<crate::rules::RuleSet, RuleErrors> {
-        let base = "id = \"r\"\nkind = \"threshold\"\ngroup_by = \"ip\"\naggregate = \"count\"\nwindow_secs = 60\nthreshold = 5\naction = \"block\"\nscore = 50\n";
-        compile_sources(
-            &[("r.toml".into(), format!("[[rule]]\n{base}{rule}"))],
-            Default::default(),
-        )
-    }
-
-    fn error(rule: &str) -> String {
-        compile(rule).expect_err("refused").to_string()
-    }
+    use crate::rules::compile_sources;
+    use crate::rules::tests::error;
 
     #[test]
     fn a_honey_list_belongs_to_honey_rules_and_must_exist() {

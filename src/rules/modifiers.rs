@@ -150,19 +150,7 @@ pub(super) fn compile_ladder(spec: &RuleSpec, errs: &mut Located) -> Option<Ladd
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::{compile_sources, RuleErrors};
-
-    fn compile(rule: &str) -> Result<crate::rules::RuleSet, RuleErrors> {
-        let base = "id = \"r\"\nkind = \"threshold\"\ngroup_by = \"ip\"\naggregate = \"count\"\nwindow_secs = 60\nthreshold = 5\naction = \"block\"\nscore = 50\n";
-        compile_sources(
-            &[("r.toml".into(), format!("[[rule]]\n{base}{rule}"))],
-            Default::default(),
-        )
-    }
-
-    fn error(rule: &str) -> String {
-        compile(rule).expect_err("refused").to_string()
-    }
+    use crate::rules::tests::{compile, error};
 
     #[test]
     fn a_ladder_is_checked_and_read_in_milliseconds() {

@@ -175,6 +175,30 @@ fn rule_version(spec: &RuleSpec) -> Arc<str> {
 /// the same list share one copy.
 pub(crate) type HoneyLists = std::collections::HashMap<std::path::PathBuf, Arc<HoneyList>>;
 
+/// A setting the kind needs: its value when `ok`, else `problem` at the
+/// value, or, when it is missing, an error at the rule's `kind`.
+fn need<T: Copy>(
+    errs: &mut Located,
+    kind: &toml::Spanned<RuleKind>,
+    kind_name: &str,
+    name: &str,
+    field: &Option<toml::Spanned<T>>,
+    ok: impl Fn(T) -> bool,
+    problem: String,
+) -> Option<T> {
+    match field {
+        Some(v) if ok(*v.get_ref()) => Some(*v.get_ref()),
+        Some(v) => {
+            errs.at(v, problem);
+            None
+        }
+        None => {
+            errs.at(kind, format!("a {kind_name} rule needs `{name}`"));
+            None
+        }
+    }
+}
+
 /// Compiles one rule; on failure the errors are in `errs` and `None` returns.
 pub(crate) fn compile_rule(
     spec: &RuleSpec,
@@ -283,28 +307,24 @@ pub(crate) fn compile_rule(
                     errs.at(d, "`distinct_of` needs `aggregate = \"distinct\"`".into());
                 }
             }
-            let window = match &spec.window_secs {
-                Some(w) if (1..=MAX_WINDOW_SECS).contains(w.get_ref()) => Some(*w.get_ref()),
-                Some(w) => {
-                    errs.at(w, format!("`window_secs` must be 1 to {MAX_WINDOW_SECS}"));
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a threshold rule needs `window_secs`".into());
-                    None
-                }
-            };
-            let threshold = match &spec.threshold {
-                Some(t) if *t.get_ref() >= 1 => Some(*t.get_ref()),
-                Some(t) => {
-                    errs.at(t, "`threshold` must be at least 1".into());
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a threshold rule needs `threshold`".into());
-                    None
-                }
-            };
+            let window = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "window_secs",
+                &spec.window_secs,
+                |w| (1..=MAX_WINDOW_SECS).contains(&w),
+                format!("`window_secs` must be 1 to {MAX_WINDOW_SECS}"),
+            );
+            let threshold = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "threshold",
+                &spec.threshold,
+                |t| t >= 1,
+                "`threshold` must be at least 1".into(),
+            );
             // What a key's state can hold bounds the threshold.
             let bound = match aggregate {
                 Some(CompiledAggregate::Distinct(_)) => Some((
@@ -352,17 +372,15 @@ pub(crate) fn compile_rule(
                     None
                 }
             };
-            let period = match &spec.period_secs {
-                Some(p) if (1..=MAX_WINDOW_SECS).contains(p.get_ref()) => Some(*p.get_ref()),
-                Some(p) => {
-                    errs.at(p, format!("`period_secs` must be 1 to {MAX_WINDOW_SECS}"));
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a quota rule needs `period_secs`".into());
-                    None
-                }
-            };
+            let period = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "period_secs",
+                &spec.period_secs,
+                |p| (1..=MAX_WINDOW_SECS).contains(&p),
+                format!("`period_secs` must be 1 to {MAX_WINDOW_SECS}"),
+            );
             let burst = match &spec.burst {
                 Some(b) => NonZeroU32::new(*b.get_ref()).or_else(|| {
                     errs.at(b, "`burst` must be at least 1".into());
@@ -383,20 +401,15 @@ pub(crate) fn compile_rule(
         RuleKind::Match => Some(CompiledKind::Match),
         RuleKind::Surge => {
             let group_by = need_group_by(errs);
-            let window = match &spec.window_secs {
-                Some(w) if (60..=MAX_WINDOW_SECS).contains(w.get_ref()) => Some(*w.get_ref()),
-                Some(w) => {
-                    errs.at(
-                        w,
-                        format!("`window_secs` must be 60 to {MAX_WINDOW_SECS} for a surge rule"),
-                    );
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a surge rule needs `window_secs`".into());
-                    None
-                }
-            };
+            let window = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "window_secs",
+                &spec.window_secs,
+                |w| (60..=MAX_WINDOW_SECS).contains(&w),
+                format!("`window_secs` must be 60 to {MAX_WINDOW_SECS} for a surge rule"),
+            );
             let windows = match (&spec.baseline_secs, window) {
                 (Some(b), Some(w)) => {
                     let n = b.get_ref() / w;
@@ -416,30 +429,24 @@ pub(crate) fn compile_rule(
                 }
                 (Some(_), None) => None,
             };
-            let factor = match &spec.factor {
-                Some(f) if f.get_ref().is_finite() && *f.get_ref() > 1.0 && *f.get_ref() <= 1000.0 => {
-                    Some(*f.get_ref())
-                }
-                Some(f) => {
-                    errs.at(f, "`factor` must be above 1 and at most 1000".into());
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a surge rule needs `factor`".into());
-                    None
-                }
-            };
-            let min_count = match &spec.min_count {
-                Some(m) if *m.get_ref() >= 1 => Some(*m.get_ref()),
-                Some(m) => {
-                    errs.at(m, "`min_count` must be at least 1".into());
-                    None
-                }
-                None => {
-                    errs.at(&spec.kind, "a surge rule needs `min_count`".into());
-                    None
-                }
-            };
+            let factor = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "factor",
+                &spec.factor,
+                |f| f.is_finite() && f > 1.0 && f <= 1000.0,
+                "`factor` must be above 1 and at most 1000".into(),
+            );
+            let min_count = need(
+                errs,
+                &spec.kind,
+                kind_name,
+                "min_count",
+                &spec.min_count,
+                |m| m >= 1,
+                "`min_count` must be at least 1".into(),
+            );
             match (group_by, window, windows, factor, min_count) {
                 (Some(group_by), Some(window), Some(baseline_windows), Some(factor), Some(min_count)) => {
                     Some(CompiledKind::Surge {

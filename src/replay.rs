@@ -258,18 +258,29 @@ pub fn run_events(
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> io::Result<Vec<Decision>> {
     let mut decisions = Vec::new();
-    // As in `replay`: the next event is prepared before this one is decided.
-    let mut prepared = events.iter().map(|e| (e, engine.prepare(e)));
-    let mut current = prepared.next();
-    while let Some((e, this)) = current {
-        current = prepared.next();
-        match engine.process_prepared(e, &this, &mut decisions) {
+    decide_each(events, engine, |_, verdict, made| {
+        match verdict {
             Verdict::Duplicate => summary.duplicates += 1,
             Verdict::Late => summary.late += 1,
             Verdict::Processed => {}
         }
-    }
+        decisions.append(made);
+    });
     write_decisions(decisions, out, summary, &now)
+}
+
+/// Decides `events` in order on `engine`, as `replay` does: the next event
+/// is prepared before this one is decided. `f` gets each event's index, its
+/// verdict and the decisions it made, to take out of the vector.
+pub fn decide_each(events: &[Event], engine: &Engine, mut f: impl FnMut(usize, Verdict, &mut Vec<Decision>)) {
+    let mut made = Vec::new();
+    let mut prepared = events.iter().enumerate().map(|(i, e)| (i, e, engine.prepare(e)));
+    let mut current = prepared.next();
+    while let Some((i, e, this)) = current {
+        current = prepared.next();
+        let verdict = engine.process_prepared(e, &this, &mut made);
+        f(i, verdict, &mut made);
+    }
 }
 
 fn write_decisions(

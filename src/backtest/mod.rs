@@ -30,15 +30,9 @@ use score::{Made, Score, Subjects};
 /// the attempt it was made on.
 pub fn run(events: &[Event], engine: &Engine) -> Vec<Made> {
     let mut made = Vec::new();
-    let mut out = Vec::new();
-    // As replay: the next attempt is prepared before this one is decided.
-    let mut prepared = events.iter().enumerate().map(|(i, e)| (i, e, engine.prepare(e)));
-    let mut current = prepared.next();
-    while let Some((i, e, this)) = current {
-        current = prepared.next();
-        engine.process_prepared(e, &this, &mut out);
-        made.extend(out.drain(..).map(|decision| Made { at: i, decision }));
-    }
+    crate::replay::decide_each(events, engine, |at, _, out| {
+        made.extend(out.drain(..).map(|decision| Made { at, decision }));
+    });
     made
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::labels::{Label, Labels, Verdict};
 use crate::decision::Decision;
+use crate::engine::named_subject;
 use crate::event::Event;
 use crate::rules::{Action, KeyName, Mode};
 
@@ -34,21 +35,6 @@ const ATTEMPT_SCOPES: [KeyName; 6] = [
     KeyName::Batch,
     KeyName::Brand,
 ];
-
-/// The subject attempt `e` names under `scope`, as decisions name it (`ip`:
-/// its address written out, when wanted); `None` for a scope an attempt
-/// does not name by itself (`ip_prefix`, `asn`) or a field it lacks.
-fn attempt_subject<'e>(scope: KeyName, e: &'e Event, ip: Option<&'e str>) -> Option<&'e str> {
-    match scope {
-        KeyName::Account => Some(&e.account.id),
-        KeyName::Device => e.device.fingerprint.as_deref(),
-        KeyName::Ip => ip,
-        KeyName::Card => Some(&e.card.code_hash),
-        KeyName::Batch => e.card.batch.as_deref(),
-        KeyName::Brand => e.card.brand.as_deref(),
-        KeyName::IpPrefix | KeyName::Asn => None,
-    }
-}
 
 /// A decision and the attempt it was made on (index into the events).
 #[derive(Debug, Clone)]
@@ -82,15 +68,13 @@ impl<'a> Subjects<'a> {
         let mut attempts = vec![Vec::new(); list.len()];
         let mut account_of = HashMap::new();
         let wanted: [bool; 6] = ATTEMPT_SCOPES.map(|s| list.iter().any(|(k, _, _)| *k == s));
-        let wanted_ip = list.iter().any(|(k, _, _)| *k == KeyName::Ip);
         for (n, e) in events.iter().enumerate() {
-            let ip = e.ip.filter(|_| wanted_ip).map(|a| a.to_string());
             for (s, scope) in ATTEMPT_SCOPES.iter().enumerate() {
                 if !wanted[s] {
                     continue;
                 }
-                let subject = attempt_subject(*scope, e, ip.as_deref());
-                if let Some(i) = subject.and_then(|v| index.get(&(*scope, v))) {
+                let subject = named_subject(*scope, e);
+                if let Some(i) = subject.as_deref().and_then(|v| index.get(&(*scope, v))) {
                     attempts[*i].push(n as u32);
                     if *scope == KeyName::Account {
                         account_of.insert(&*e.event_id, *i);
@@ -178,10 +162,9 @@ impl Subjects<'_> {
             if !self.index.contains_key(&(KeyName::Account, &*e.account.id)) {
                 continue;
             }
-            let ip = e.ip.filter(|_| scopes.contains(&KeyName::Ip)).map(|a| a.to_string());
             for scope in &scopes {
-                let subject = attempt_subject(*scope, e, ip.as_deref());
-                if let Some(list) = subject.and_then(|v| after.get_mut(scope)?.get_mut(v)) {
+                let subject = named_subject(*scope, e);
+                if let Some(list) = subject.as_deref().and_then(|v| after.get_mut(scope)?.get_mut(v)) {
                     list.push(n as u32);
                 }
             }

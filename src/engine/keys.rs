@@ -116,14 +116,25 @@ pub(super) fn group_subject(
 /// The subject string for a scope, from the attempt. Never a raw card code:
 /// the card subject is its hash.
 pub(super) fn subject(scope: KeyName, e: &Event, keys: &Keys, facts: &Facts) -> Option<String> {
+    match scope {
+        KeyName::IpPrefix => Some(keys.ip_prefix?.1.to_string()),
+        KeyName::Asn => Some(facts.geo.asn?.to_string()),
+        _ => named_subject(scope, e).map(std::borrow::Cow::into_owned),
+    }
+}
+
+/// The subject an attempt names by itself under `scope`, as decisions name
+/// it; `None` for `ip_prefix` and `asn` (the engine derives them) or for a
+/// field the attempt lacks. The backtest matches labels with it.
+pub fn named_subject(scope: KeyName, e: &Event) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow::{Borrowed, Owned};
     Some(match scope {
-        KeyName::Card => e.card.code_hash.to_string(),
-        KeyName::Account => e.account.id.to_string(),
-        KeyName::Device => e.device.fingerprint.as_deref()?.to_string(),
-        KeyName::Ip => e.ip?.to_string(),
-        KeyName::IpPrefix => keys.ip_prefix?.1.to_string(),
-        KeyName::Asn => facts.geo.asn?.to_string(),
-        KeyName::Batch => e.card.batch.as_deref()?.to_string(),
-        KeyName::Brand => e.card.brand.as_deref()?.to_string(),
+        KeyName::Card => Borrowed(&*e.card.code_hash),
+        KeyName::Account => Borrowed(&*e.account.id),
+        KeyName::Device => Borrowed(e.device.fingerprint.as_deref()?),
+        KeyName::Ip => Owned(e.ip?.to_string()),
+        KeyName::Batch => Borrowed(e.card.batch.as_deref()?),
+        KeyName::Brand => Borrowed(e.card.brand.as_deref()?),
+        KeyName::IpPrefix | KeyName::Asn => return None,
     })
 }

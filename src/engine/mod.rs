@@ -48,6 +48,7 @@ use crate::state::{AccountMemory, BudgetStats, CardMemory, EventClock, KeyedStor
 
 pub use breaker::OpsEvent;
 pub use config::{EngineConfig, EngineError};
+pub use keys::named_subject;
 pub use kinds::MAX_SAMPLES;
 pub use links::{LinkAction, LinksConfig};
 pub use reload::Replaced;
